@@ -1,0 +1,1 @@
+"""Inference server: FastAPI app, detection + classification pipeline, model loading."""

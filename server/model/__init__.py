@@ -1,0 +1,1 @@
+"""The emotion classifier: architecture and the safe checkpoint format."""

@@ -1,0 +1,1 @@
+"""Per-frame stages: decode, detect, crop (the eval preset), classify."""

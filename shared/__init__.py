@@ -1,0 +1,1 @@
+"""Wire protocol shared by the server and the clients (pydantic + stdlib only)."""

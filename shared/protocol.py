@@ -1,0 +1,89 @@
+"""Pydantic models for everything that crosses the wire.
+
+Both the server (to build responses) and the clients (to validate them) import
+these, so a field renamed here breaks both sides at once instead of silently.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FaceBox(_Model):
+    """Face rectangle in pixels of the (EXIF-upright) input image."""
+
+    x: int = Field(ge=0)
+    y: int = Field(ge=0)
+    w: int = Field(ge=0)
+    h: int = Field(ge=0)
+
+
+class FaceResult(_Model):
+    box: FaceBox
+    confidence: float = Field(ge=0.0, le=1.0, description="Detector score (1.0 when detection is skipped).")
+    emotions: dict[str, float] = Field(description="Class name -> probability; sums to 1.")
+    dominant: str
+    track_id: int | None = Field(default=None, description="Stable id across frames of one stream.")
+
+
+class ImageInfo(_Model):
+    width: int
+    height: int
+
+
+class ModelRef(_Model):
+    name: str
+    version: str
+
+
+class Timing(_Model):
+    decode: float = 0.0
+    detect: float = 0.0
+    classify: float = 0.0
+    total: float = 0.0
+
+
+class PredictResponse(_Model):
+    """Reply to `POST /v1/predict`; faces sorted by box area, largest first."""
+
+    faces: list[FaceResult]
+    image: ImageInfo
+    model: ModelRef
+    timing_ms: Timing
+
+
+class StreamResult(_Model):
+    """One JSON text message on `WS /v1/stream`, for one processed frame."""
+
+    type: Literal["result"] = "result"
+    frame: int = Field(ge=0, description="Index of the frame in this connection, from 0.")
+    faces: list[FaceResult]
+    image: ImageInfo
+    timing_ms: Timing
+    dropped: int = Field(ge=0, description="Frames skipped since the previous reply.")
+
+
+class StreamControl(_Model):
+    """Optional JSON text message a stream client may send at any time."""
+
+    smoothing: float | None = Field(default=None, ge=0.0, lt=1.0, description="EMA factor for per-track scores.")
+    max_faces: int | None = Field(default=None, ge=1, le=100)
+    min_confidence: float | None = Field(default=None, ge=0.0, le=1.0)
+    detect: bool | None = None
+
+
+class ErrorDetail(_Model):
+    code: str
+    message: str
+
+
+class ErrorBody(_Model):
+    """Every 4xx/5xx body, and the payload of error messages on the WebSocket."""
+
+    error: ErrorDetail

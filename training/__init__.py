@@ -1,0 +1,1 @@
+"""Training and evaluation of the emotion classifier (`emotion-train`, `emotion-eval`)."""

@@ -1,0 +1,68 @@
+"""Batched inference and metrics shared by `emotion-train` (validation) and `emotion-eval`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
+from torch import nn
+
+from server.pipeline.preprocess import normalize
+
+
+@torch.inference_mode()
+def predict_proba(
+    model: nn.Module,
+    images: np.ndarray | torch.Tensor,
+    mean: float,
+    std: float,
+    device: torch.device | str = "cpu",
+    batch_size: int = 512,
+    tta: str = "none",
+) -> np.ndarray:
+    """Softmax scores (N, C) for uint8 faces (N, S, S); ``tta="flip"`` averages with the mirror image."""
+    model.eval()
+    x_all = torch.as_tensor(images)
+    out = []
+    for i in range(0, len(x_all), batch_size):
+        x = normalize(x_all[i : i + batch_size].to(device).unsqueeze(1), mean, std)
+        x = x.contiguous(memory_format=torch.channels_last)
+        p = model(x).float().softmax(1)
+        if tta == "flip":
+            p = (p + model(x.flip(3)).float().softmax(1)) / 2
+        out.append(p.cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class P/R/F1/support, one-vs-rest AUC and the confusion matrix.
+
+    Classes absent from ``y_true`` get support 0 and AUC ``None`` (undefined), rather
+    than silently skewing the macro averages: macro-F1 averages over present classes.
+    """
+    y_pred = proba.argmax(1)
+    labels = list(range(len(classes)))
+    present = sorted(set(np.unique(y_true).tolist()))
+    p, r, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    per_class: dict[str, dict[str, Any]] = {}
+    for i, name in enumerate(classes):
+        auc = None
+        if i in present and len(present) > 1:
+            auc = float(roc_auc_score((y_true == i).astype(int), proba[:, i]))
+        per_class[name] = {
+            "precision": float(p[i]),
+            "recall": float(r[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+            "auc": auc,
+        }
+    return {
+        "n": int(len(y_true)),
+        "accuracy": float((y_pred == y_true).mean()) if len(y_true) else 0.0,
+        "macro_f1": float(np.mean([f1[i] for i in present])) if present else 0.0,
+        "per_class": per_class,
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "classes": list(classes),
+    }
