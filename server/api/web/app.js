@@ -1,0 +1,386 @@
+// Browser client for WS /v1/stream: webcam -> JPEG frames -> server -> boxes, labels and bars.
+// Plain script, no build step, no CDN. At most MAX_IN_FLIGHT frames are unanswered at any time,
+// so latency stays bounded by the server's speed instead of growing with a queue.
+'use strict';
+
+(() => {
+  const MAX_IN_FLIGHT = 2;
+  const SEND_WIDTH = 640;
+  const JPEG_QUALITY = 0.8;
+  const STALL_MS = 3000; // a reply that never comes (rejected frame) must not block sending forever
+  const KEY_STORE = 'emotion.apiKey';
+  const POLICY_VIOLATION = 1008;
+
+  // Same palette as client/colors.py, so the Python and browser clients read alike.
+  const COLORS = {
+    angry: '#e63946', disgust: '#6a994e', fear: '#8e6cc8', happy: '#ffbe0b',
+    sad: '#3a86ff', surprise: '#ff70a6', neutral: '#a0a0a0',
+  };
+  const ORDER = ['angry', 'disgust', 'fear', 'happy', 'sad', 'surprise', 'neutral'];
+
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    video: $('video'), overlay: $('overlay'), status: $('status'), placeholder: $('placeholder'),
+    fps: $('fps'), latency: $('latency'), dropped: $('dropped'), faces: $('faces'),
+    keyForm: $('key-form'), keyInput: $('api-key'), dominant: $('dominant'), bars: $('bars'),
+    toggle: $('toggle'), mirror: $('mirror'), smoothing: $('smoothing'), smoothingOut: $('smoothing-out'),
+    rate: $('rate'), rateOut: $('rate-out'), message: $('message'),
+  };
+
+  // Exposed for tests and for poking at from the devtools console.
+  const state = {
+    status: 'idle', running: false, keyRequired: false,
+    sent: 0, results: 0, dropped: 0, fps: 0, latencyMs: null, lastResult: null, error: null,
+  };
+  window.emotionApp = state;
+
+  const grab = document.createElement('canvas');
+  let ws = null;
+  let stream = null;
+  let answered = -1; // highest frame index replied to on this connection
+  let sentAt = new Map();
+  let encoding = false;
+  let lastSend = 0;
+  let lastReply = 0;
+  let backoff = 500;
+  let reconnectTimer = null;
+  let replyTimes = [];
+
+  const apiKey = () => localStorage.getItem(KEY_STORE) || '';
+
+  function setStatus(status, text) {
+    state.status = status;
+    document.body.dataset.status = status;
+    ui.status.textContent = text;
+  }
+
+  function say(text) {
+    state.error = text || null;
+    ui.message.textContent = text || '';
+  }
+
+  function streamUrl() {
+    // Relative to the page, so it also works under a reverse-proxy prefix; wss behind TLS.
+    const url = new URL('v1/stream', location.href);
+    url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    const key = apiKey();
+    if (key) url.searchParams.set('api_key', key);
+    return url.toString();
+  }
+
+  async function loadInfo() {
+    try {
+      const res = await fetch('v1/info', { cache: 'no-store' });
+      if (!res.ok) return;
+      const info = await res.json();
+      const auth = info.auth ?? info.auth_required ?? info.api_key_required ?? info.api_keys;
+      state.keyRequired = auth === true || auth === 'api_key' || (auth && auth.required === true);
+      if (state.keyRequired && !apiKey()) showKeyForm('This server requires a key.');
+    } catch (err) {
+      // An older server without /v1/info: a 1008 close will tell us about keys instead.
+    }
+  }
+
+  function showKeyForm(hint) {
+    ui.keyForm.hidden = false;
+    ui.keyForm.querySelector('.hint').textContent = hint;
+    ui.keyInput.value = apiKey();
+    ui.keyInput.focus();
+  }
+
+  async function startCamera() {
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      throw new Error('This page needs https:// (or http://localhost) to use the camera.');
+    }
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({
+        video: { width: { ideal: 640 }, height: { ideal: 480 }, facingMode: 'user' }, audio: false,
+      });
+    } catch (err) {
+      const why = {
+        NotAllowedError: 'Camera permission was denied.',
+        NotFoundError: 'No camera found.',
+        NotReadableError: 'The camera is in use by another program.',
+      }[err.name];
+      throw new Error(why || `Cannot open the camera: ${err.message}`);
+    }
+    ui.video.srcObject = stream;
+    await ui.video.play();
+    ui.placeholder.hidden = true;
+  }
+
+  function stopCamera() {
+    if (stream) stream.getTracks().forEach((t) => t.stop());
+    stream = null;
+    ui.video.srcObject = null;
+    ui.placeholder.hidden = false;
+    ui.placeholder.textContent = 'Stopped.';
+  }
+
+  function connect() {
+    clearTimeout(reconnectTimer);
+    if (!state.running) return;
+    if (state.keyRequired && !apiKey()) {
+      setStatus('key', 'API key needed');
+      return;
+    }
+    setStatus(state.results ? 'reconnecting' : 'connecting', 'connecting…');
+    const sock = new WebSocket(streamUrl());
+    ws = sock;
+    answered = -1;
+    state.sent = 0; // frame indices restart at 0 on every connection, on both sides
+    sentAt = new Map();
+    sock.onopen = () => {
+      backoff = 500;
+      lastReply = performance.now();
+      setStatus('live', 'live');
+      say('');
+      sendSmoothing();
+    };
+    sock.onmessage = (ev) => onMessage(ev.data);
+    sock.onclose = (ev) => {
+      if (ws !== sock) return;
+      ws = null;
+      if (ev.code === POLICY_VIOLATION) {
+        state.keyRequired = true;
+        setStatus('key', 'key refused');
+        say(apiKey() ? 'The server refused this API key.' : 'This server requires an API key.');
+        showKeyForm('Enter a valid key to connect.');
+        return; // retrying with the same key cannot help
+      }
+      if (!state.running) return;
+      setStatus('reconnecting', `reconnecting in ${(backoff / 1000).toFixed(1)} s`);
+      reconnectTimer = setTimeout(connect, backoff);
+      backoff = Math.min(backoff * 2, 10000);
+    };
+  }
+
+  function sendSmoothing() {
+    if (ws && ws.readyState === WebSocket.OPEN) {
+      ws.send(JSON.stringify({ smoothing: Number(ui.smoothing.value) }));
+    }
+  }
+
+  function onMessage(data) {
+    let msg;
+    try {
+      msg = JSON.parse(data);
+    } catch (err) {
+      return;
+    }
+    if (msg.error) {
+      say(`${msg.error.code}: ${msg.error.message}`);
+      return;
+    }
+    if (msg.type !== 'result') return;
+    const now = performance.now();
+    const t0 = sentAt.get(msg.frame);
+    for (const k of sentAt.keys()) if (k <= msg.frame) sentAt.delete(k);
+    answered = Math.max(answered, msg.frame);
+    lastReply = now;
+    if (t0 !== undefined) state.latencyMs = now - t0;
+    replyTimes.push(now);
+    replyTimes = replyTimes.filter((t) => now - t < 2000);
+    state.fps = replyTimes.length > 1 ? (replyTimes.length - 1) / ((now - replyTimes[0]) / 1000) : 0;
+    state.dropped += msg.dropped || 0;
+    state.results += 1;
+    state.lastResult = msg;
+    document.body.dataset.results = String(state.results);
+    renderPanel(msg);
+    pump();
+  }
+
+  // --- sending ------------------------------------------------------------------------------
+
+  function pump() {
+    if (!state.running || !ws || ws.readyState !== WebSocket.OPEN || encoding) return;
+    if (ui.video.readyState < 2 || !ui.video.videoWidth) return;
+    const now = performance.now();
+    if (state.sent - (answered + 1) >= MAX_IN_FLIGHT) {
+      if (now - lastReply < STALL_MS) return;
+      answered = state.sent - 1; // give up on the stalled frames
+    }
+    if (now - lastSend < 1000 / Number(ui.rate.value)) return;
+    const scale = Math.min(1, SEND_WIDTH / ui.video.videoWidth);
+    grab.width = Math.round(ui.video.videoWidth * scale);
+    grab.height = Math.round(ui.video.videoHeight * scale);
+    grab.getContext('2d').drawImage(ui.video, 0, 0, grab.width, grab.height);
+    encoding = true;
+    lastSend = now;
+    const sock = ws;
+    grab.toBlob((blob) => {
+      encoding = false;
+      if (!blob || sock !== ws || sock.readyState !== WebSocket.OPEN) return;
+      sentAt.set(state.sent, performance.now());
+      state.sent += 1;
+      sock.send(blob);
+    }, 'image/jpeg', JPEG_QUALITY);
+  }
+
+  // --- drawing ------------------------------------------------------------------------------
+
+  function draw() {
+    requestAnimationFrame(draw);
+    pump();
+    const cv = ui.overlay;
+    const dpr = window.devicePixelRatio || 1;
+    const w = Math.round(cv.clientWidth * dpr);
+    const h = Math.round(cv.clientHeight * dpr);
+    if (cv.width !== w || cv.height !== h) {
+      cv.width = w;
+      cv.height = h;
+    }
+    const ctx = cv.getContext('2d');
+    ctx.clearRect(0, 0, w, h);
+    const res = state.lastResult;
+    if (res && state.running && ui.video.videoWidth) {
+      // The video is letterboxed (object-fit: contain) inside the stage: map image px -> canvas px.
+      const vw = ui.video.videoWidth;
+      const vh = ui.video.videoHeight;
+      const fit = Math.min(w / vw, h / vh);
+      const ox = (w - vw * fit) / 2;
+      const oy = (h - vh * fit) / 2;
+      const s = fit * (vw / res.image.width);
+      for (const face of res.faces) drawFace(ctx, face, s, ox, oy, res.image.width, dpr);
+    }
+    ui.fps.textContent = state.fps ? state.fps.toFixed(1) : '–';
+    ui.latency.textContent = state.latencyMs == null ? '–' : Math.round(state.latencyMs);
+    ui.dropped.textContent = state.dropped;
+    ui.faces.textContent = res ? res.faces.length : 0;
+  }
+
+  function drawFace(ctx, face, s, ox, oy, imageWidth, dpr) {
+    const b = face.box;
+    const bx = ui.mirror.checked ? imageWidth - b.x - b.w : b.x;
+    const x = ox + bx * s;
+    const y = oy + b.y * s;
+    const w = b.w * s;
+    const h = b.h * s;
+    const color = COLORS[face.dominant] || '#ccc';
+    ctx.lineWidth = 3 * dpr;
+    ctx.strokeStyle = color;
+    ctx.beginPath();
+    ctx.roundRect ? ctx.roundRect(x, y, w, h, 8 * dpr) : ctx.rect(x, y, w, h);
+    ctx.stroke();
+
+    const p = face.emotions[face.dominant] || 0;
+    const tag = `${face.dominant} ${Math.round(p * 100)}%` + (face.track_id != null ? `  #${face.track_id}` : '');
+    ctx.font = `600 ${14 * dpr}px system-ui, sans-serif`;
+    const tw = ctx.measureText(tag).width + 14 * dpr;
+    const th = 22 * dpr;
+    const ty = y - th - 4 * dpr >= 0 ? y - th - 4 * dpr : y + h + 4 * dpr;
+    ctx.fillStyle = color;
+    ctx.beginPath();
+    ctx.roundRect ? ctx.roundRect(x, ty, tw, th, 6 * dpr) : ctx.rect(x, ty, tw, th);
+    ctx.fill();
+    ctx.fillStyle = '#111';
+    ctx.textBaseline = 'middle';
+    ctx.fillText(tag, x + 7 * dpr, ty + th / 2);
+
+    // Per-emotion bars beside the box (right if it fits, else left).
+    const names = ORDER.filter((e) => e in face.emotions);
+    const row = 14 * dpr;
+    const pw = 130 * dpr;
+    const ph = row * names.length + 8 * dpr;
+    const W = ctx.canvas.width;
+    let px = x + w + 8 * dpr;
+    if (px + pw > W) px = Math.max(0, x - pw - 8 * dpr);
+    const py = Math.min(Math.max(0, y), ctx.canvas.height - ph);
+    ctx.fillStyle = 'rgba(10, 12, 18, 0.68)';
+    ctx.fillRect(px, py, pw, ph);
+    ctx.font = `${11 * dpr}px system-ui, sans-serif`;
+    names.forEach((name, i) => {
+      const ry = py + 4 * dpr + i * row;
+      ctx.fillStyle = '#dfe2ea';
+      ctx.fillText(name, px + 6 * dpr, ry + row / 2);
+      const bx0 = px + 62 * dpr;
+      const bw = pw - 68 * dpr;
+      ctx.fillStyle = 'rgba(255,255,255,0.12)';
+      ctx.fillRect(bx0, ry + 4 * dpr, bw, row - 8 * dpr);
+      ctx.fillStyle = COLORS[name] || '#ccc';
+      ctx.fillRect(bx0, ry + 4 * dpr, bw * face.emotions[name], row - 8 * dpr);
+    });
+  }
+
+  function renderPanel(res) {
+    const face = res.faces[0]; // largest first
+    if (!face) {
+      ui.dominant.textContent = 'no face';
+      ui.bars.replaceChildren();
+      return;
+    }
+    const p = Math.round((face.emotions[face.dominant] || 0) * 100);
+    ui.dominant.innerHTML = '';
+    ui.dominant.append(face.dominant);
+    const small = document.createElement('small');
+    small.textContent = `${p}%`;
+    ui.dominant.append(small);
+    ui.dominant.style.color = COLORS[face.dominant] || '';
+    const rows = ORDER.filter((e) => e in face.emotions).map((name) => {
+      const v = face.emotions[name];
+      const el = document.createElement('div');
+      el.className = 'bar';
+      el.innerHTML = '<span class="name"></span><span class="track"><span class="fill"></span></span><span class="pct"></span>';
+      el.querySelector('.name').textContent = name;
+      const fill = el.querySelector('.fill');
+      fill.style.width = `${(v * 100).toFixed(1)}%`;
+      fill.style.background = COLORS[name];
+      el.querySelector('.pct').textContent = `${Math.round(v * 100)}%`;
+      return el;
+    });
+    ui.bars.replaceChildren(...rows);
+  }
+
+  // --- controls -----------------------------------------------------------------------------
+
+  async function start() {
+    say('');
+    try {
+      await startCamera();
+    } catch (err) {
+      setStatus('error', 'no camera');
+      say(err.message);
+      return;
+    }
+    state.running = true;
+    ui.toggle.textContent = 'Stop';
+    connect();
+  }
+
+  function stop() {
+    state.running = false;
+    clearTimeout(reconnectTimer);
+    if (ws) {
+      const sock = ws;
+      ws = null;
+      sock.close(1000, 'stopped');
+    }
+    stopCamera();
+    state.lastResult = null;
+    ui.toggle.textContent = 'Start';
+    setStatus('idle', 'stopped');
+  }
+
+  ui.toggle.addEventListener('click', () => (state.running ? stop() : start()));
+  ui.smoothing.addEventListener('input', () => {
+    ui.smoothingOut.textContent = ui.smoothing.value;
+    sendSmoothing();
+  });
+  const applyMirror = () => ui.video.classList.toggle('mirror', ui.mirror.checked);
+  ui.mirror.addEventListener('change', applyMirror);
+  applyMirror();
+  ui.rate.addEventListener('input', () => {
+    ui.rateOut.textContent = ui.rate.value;
+  });
+  ui.keyForm.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    localStorage.setItem(KEY_STORE, ui.keyInput.value.trim());
+    ui.keyForm.hidden = true;
+    say('');
+    if (state.running) connect();
+    else start();
+  });
+
+  requestAnimationFrame(draw);
+  loadInfo().then(start);
+})();
