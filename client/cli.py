@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--loop", action="store_true", help="restart the video / image folder at its end")
     s.add_argument("--duration", type=float, help="stop after this many seconds")
     s.add_argument(
-        "--max-inflight", type=int, default=4, help="frames sent but not yet answered (pipelining)"
+        "--max-inflight", type=int, default=2, help="frames sent but not yet answered (pipelining)"
     )
     s.add_argument("--retry-for", type=float, help="give up after the server was unreachable this long (s)")
 

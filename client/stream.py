@@ -37,8 +37,8 @@ class StreamOptions:
     emoji: bool = False
     duration: float | None = None
     retry_for: float | None = None  # give up after this long without a connection; None = never
-    max_inflight: int = 4
-    drain_timeout: float = 10.0  # at end of a file: how long to wait for the last replies
+    max_inflight: int = 2
+    drain_timeout: float = 5.0  # at the end of a file: how long to wait for the last replies
 
 
 @dataclass
@@ -148,41 +148,45 @@ class StreamSession:
     # -- connection --------------------------------------------------------------------------------
 
     async def _connect_loop(self) -> None:
+        """Connect and serve until done; on failure back off. Only a connection that got replies
+        resets the backoff, so a server that accepts and closes at once (1013 while loading) is not
+        hammered."""
         backoff = Backoff()
         down_since: float | None = None
         while not self.stop.is_set():
+            replies_before = self.stats.replies
             try:
                 conn = await StreamConnection.open(self.opts.server, self.opts.api_key)
             except ServerUnavailable as exc:
-                now = time.monotonic()
-                down_since = down_since or now
-                if self.opts.retry_for is not None and now - down_since > self.opts.retry_for:
-                    raise
-                delay = backoff.next_delay()
-                self._set_status(f"server unavailable, retrying in {delay:.1f} s", error=True)
-                log(f"{exc}; retrying in {delay:.1f} s")
-                if await self._sleep(delay):
+                problem = exc
+            else:
+                self.stats.connections += 1
+                if self.stats.connections > 1:
+                    log(f"reconnected to {self.opts.server}")
+                self._set_status("live")
+                try:
+                    await self._serve(conn)
                     return
-                continue
-            backoff.reset()
-            down_since = None
-            self.stats.connections += 1
-            if self.stats.connections > 1:
-                log(f"reconnected to {self.opts.server}")
-            self._set_status("live")
-            try:
-                if await self._serve(conn):
-                    return
-            except ServerUnavailable as exc:
-                down_since = time.monotonic()
-                self._set_status("connection lost, reconnecting", error=True)
-                log(f"{exc}; reconnecting")
-            finally:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(conn.close(), 2)
+                except ServerUnavailable as exc:
+                    problem = exc
+                finally:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), 2)
+            if self.stats.replies > replies_before:
+                backoff.reset()
+                down_since = None
+            now = time.monotonic()
+            down_since = down_since or now
+            if self.opts.retry_for is not None and now - down_since > self.opts.retry_for:
+                raise problem
+            delay = backoff.next_delay()
+            self._set_status(f"server unavailable, reconnecting in {delay:.1f} s", error=True)
+            log(f"{problem}; reconnecting in {delay:.1f} s")
+            if await self._sleep(delay):
+                return
 
-    async def _serve(self, conn: StreamConnection) -> bool:
-        """Run one connection; True when the session is over (source ended or stop requested)."""
+    async def _serve(self, conn: StreamConnection) -> None:
+        """Run one connection until the source ends or stop is requested; raises when it breaks."""
         if self.opts.smoothing is not None:
             await conn.send_control(StreamControl(smoothing=self.opts.smoothing))
         self._answered = -1
@@ -195,7 +199,7 @@ class StreamSession:
             done, _ = await asyncio.wait({sender, receiver, stopper}, return_when=asyncio.FIRST_COMPLETED)
             if receiver in done:
                 receiver.result()  # raises why the connection ended; returns once all is answered
-                return True
+                return
             if sender in done:
                 sender.result()
                 if not self.stop.is_set():  # source exhausted: collect the last replies
@@ -206,7 +210,6 @@ class StreamSession:
                     )
                     if receiver.done():
                         receiver.result()
-            return True
         finally:
             for task in (sender, receiver, stopper):
                 task.cancel()

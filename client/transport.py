@@ -31,7 +31,10 @@ CLOSE_NAMES = {
     1006: "connection lost",
     1011: "server error",
     1012: "restart",
+    1013: "try again later",
 }
+#: Closes that mean every frame we would send gets the same answer, so reconnecting cannot help.
+FATAL_CLOSES = {1003: "frames not accepted", 1009: "frame too big (lower --width or --quality)"}
 
 
 def _split(server: str) -> tuple[str, str, str]:
@@ -79,9 +82,9 @@ def _http_error(resp: httpx.Response) -> ClientError:
 
 
 def predict(server: str, image: Path, api_key: str | None = None, timeout: float = 30.0) -> PredictResponse:
-    """POST one image as multipart `file`; the server sniffs the format, so the bytes go as they are."""
+    """POST one image as multipart `image`; the server sniffs the format, so the bytes go as they are."""
     url = http_url(server, PREDICT_PATH)
-    files = {"file": (image.name, image.read_bytes(), "application/octet-stream")}
+    files = {"image": (image.name, image.read_bytes(), "application/octet-stream")}
     try:
         resp = httpx.post(url, files=files, headers=auth_headers(api_key), timeout=timeout)
     except httpx.TransportError as exc:
@@ -147,7 +150,10 @@ class StreamConnection:
         return cls(ws)
 
     async def send_control(self, control: StreamControl) -> None:
-        await self._ws.send(control.model_dump_json(exclude_none=True))
+        try:
+            await self._ws.send(control.model_dump_json(exclude_none=True))
+        except ConnectionClosed as exc:
+            raise self._closed(exc) from exc
 
     async def send_frame(self, jpeg: bytes) -> int:
         """Send one JPEG and return the index the server will echo in its reply."""
@@ -174,6 +180,10 @@ class StreamConnection:
         if code == WS_1008_POLICY_VIOLATION:
             return AuthError(
                 f"server closed the stream: policy violation (1008) {reason}".strip() + "; check --api-key"
+            )
+        if code in FATAL_CLOSES:
+            return ServerError(
+                f"server closed the stream: {FATAL_CLOSES[code]} ({code}) {reason}".strip(), code=str(code)
             )
         name = CLOSE_NAMES.get(code or 1006, "closed")
         return ServerUnavailable(

@@ -115,10 +115,16 @@ class Chromium:
         return res["result"].get("value")
 
     def wait_for(self, expression: str, timeout: float) -> Any:
-        """Poll a JS expression until it is truthy; returns its value."""
+        """Poll a JS expression until it is truthy; returns its value. JS errors (page still loading)
+        count as not yet, until the deadline."""
         deadline = time.monotonic() + timeout
         while True:
-            value = self.evaluate(expression)
+            try:
+                value = self.evaluate(expression)
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                value = None
             if value or time.monotonic() > deadline:
                 return value
             time.sleep(0.25)
