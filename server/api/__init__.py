@@ -1,0 +1,1 @@
+"""HTTP and WebSocket surfaces: one router per surface (health, REST, stream) plus the browser page."""

@@ -1,0 +1,40 @@
+"""Liveness, readiness and Prometheus metrics.
+
+``/healthz`` and ``/readyz`` stay open even when API keys are configured, so
+orchestrators can probe without secrets; ``/metrics`` needs the key then.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from server.deps import ApiKey, RuntimeDep
+from server.errors import ApiError, NotReady
+from server.metrics import CONTENT_TYPE
+
+router = APIRouter(tags=["health"])
+
+
+class LoadFailed(ApiError):
+    status, code = 503, "load_failed"
+
+
+@router.get("/healthz", summary="The process is alive (and its model did not fail to load)")
+async def healthz(runtime: RuntimeDep) -> dict[str, str]:
+    if runtime.load_error:
+        raise LoadFailed(f"model failed to load: {runtime.load_error}")
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="The model is loaded and warmed up; 503 until then")
+async def readyz(runtime: RuntimeDep) -> dict[str, str]:
+    if runtime.load_error:
+        raise LoadFailed(f"model failed to load: {runtime.load_error}")
+    if not runtime.ready:
+        raise NotReady()
+    return {"status": "ready"}
+
+
+@router.get("/metrics", dependencies=[ApiKey], summary="Prometheus metrics", response_class=Response)
+async def metrics(runtime: RuntimeDep) -> Response:
+    return Response(runtime.metrics.render(), media_type=CONTENT_TYPE)

@@ -1,0 +1,159 @@
+"""``POST /v1/predict`` (one image, every face) and ``GET /v1/info``.
+
+The body is read with the size limit enforced chunk by chunk, so an oversized
+upload costs at most the limit in memory, never the whole upload.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from server.deps import ApiKey, ReadyRuntimeDep, RuntimeDep
+from server.errors import BadRequest, InvalidParameters, PayloadTooLarge, UnsupportedMediaType
+from server.pipeline.runner import Job, PredictOptions, face_result
+from shared.protocol import ErrorBody, ImageInfo, ModelRef, PredictResponse, Timing
+
+router = APIRouter(prefix="/v1", tags=["predict"], dependencies=[ApiKey])
+
+RAW_TYPES = frozenset({"", "image/jpeg", "image/jpg", "image/png", "image/webp", "application/octet-stream"})
+#: Multipart framing (boundaries, part headers) may add this much on top of the image limit.
+MULTIPART_OVERHEAD = 64 * 1024
+IMAGE_FIELDS = ("image", "file")  # "image" is the documented name; "file" is accepted for curl habits
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": what}
+    for code, what in {
+        400: "corrupt image or empty body",
+        401: "missing or invalid API key",
+        413: "body or pixel count over the limit",
+        415: "not a JPEG, PNG or WebP image",
+        422: "bad query parameters",
+        503: "model not loaded yet, or overloaded",
+    }.items()
+}
+
+
+class PredictQuery(BaseModel):
+    max_faces: int | None = Field(
+        default=None, ge=1, le=100, description="At most this many faces (most confident)."
+    )
+    min_confidence: float | None = Field(default=None, ge=0.0, le=1.0, description="Minimum detector score.")
+    detect: bool = Field(default=True, description="false: the whole image is one face (already cropped).")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    arch: str
+    stem: str
+    input_size: int
+    crop: dict[str, Any]
+    metrics: dict[str, Any]
+    data_fingerprint: str
+
+
+class DetectorInfo(BaseModel):
+    kind: str
+    input_size: int
+    score_threshold: float
+    min_face_size: int
+    max_faces: int
+
+
+class InfoResponse(BaseModel):
+    ready: bool
+    classes: list[str]
+    model: ModelInfo
+    detector: DetectorInfo
+    device: str
+    limits: dict[str, float | int]
+    auth: bool
+
+
+async def _bounded(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
+    """The request body, failing with 413 as soon as it exceeds ``limit``."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {limit} bytes")
+    seen = 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > limit:
+            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+        if chunk:
+            yield chunk
+
+
+async def read_image_bytes(request: Request, limit: int) -> bytes:
+    """Raw image body or the ``image`` field of a multipart form, at most ``limit`` bytes."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        parser = MultiPartParser(
+            request.headers, _bounded(request, limit + MULTIPART_OVERHEAD), max_files=2, max_fields=16
+        )
+        try:
+            form = await parser.parse()
+        except MultiPartException as exc:
+            raise BadRequest(f"malformed multipart body: {exc.message}") from exc
+        try:
+            upload = next((form[f] for f in IMAGE_FIELDS if f in form), None)
+            if not isinstance(upload, UploadFile):
+                raise InvalidParameters("multipart body needs a file field named 'image'")
+            data = await upload.read()
+        finally:
+            await form.close()
+    elif ctype in RAW_TYPES:
+        data = b"".join([chunk async for chunk in _bounded(request, limit)])
+    else:
+        raise UnsupportedMediaType(
+            f"content type {ctype!r} not supported: send image/jpeg, image/png, image/webp, "
+            "application/octet-stream, or multipart/form-data with an 'image' field"
+        )
+    if len(data) > limit:
+        raise PayloadTooLarge(f"image of {len(data)} bytes exceeds the limit of {limit} bytes")
+    if not data:
+        raise BadRequest("empty body: no image")
+    return data
+
+
+@router.post(
+    "/predict", response_model=PredictResponse, responses=ERRORS, summary="Faces and emotions in one image"
+)
+async def predict(
+    request: Request, runtime: ReadyRuntimeDep, query: Annotated[PredictQuery, Query()]
+) -> PredictResponse:
+    start = time.perf_counter()
+    settings = runtime.settings
+    data = await read_image_bytes(request, settings.max_body_bytes)
+    image = await runtime.decode(data)
+    options = PredictOptions(
+        detect=query.detect,
+        max_faces=min(query.max_faces or settings.max_faces, settings.max_faces),
+        min_confidence=settings.score_threshold if query.min_confidence is None else query.min_confidence,
+    )
+    result = await runtime.infer(Job(image, options))
+    classes = runtime.classes
+    faces = [face_result(f, classes, image.width, image.height) for f in result.faces]
+    return PredictResponse(
+        faces=faces,
+        image=ImageInfo(width=image.width, height=image.height),
+        model=ModelRef(name=runtime.meta.name, version=runtime.model_version),
+        timing_ms=Timing(
+            decode=round(image.decode_ms, 3),
+            detect=round(result.detect_ms, 3),
+            classify=round(result.classify_ms, 3),
+            total=round((time.perf_counter() - start) * 1000.0, 3),
+        ),
+    )
+
+
+@router.get("/info", response_model=InfoResponse, summary="Classes, model metadata, detector, device, limits")
+async def info(runtime: RuntimeDep) -> InfoResponse:
+    return InfoResponse.model_validate(runtime.info())

@@ -1,0 +1,298 @@
+"""``WS /v1/stream``: JPEG frames in, one JSON result per processed frame out.
+
+Each connection has a reader task and a processing task joined by a one-slot
+mailbox. The reader never waits for the model: a frame that arrives while another
+is still pending replaces it (newest wins) and the replaced one is counted as
+dropped, so a fast client gets fresh results instead of a growing backlog, and a
+connection holds at most one pending frame in memory. Protocol: docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+from fastapi import APIRouter, WebSocket
+from pydantic import ValidationError
+from starlette import status
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from server.deps import RuntimeDep, key_is_valid, presented_key
+from server.errors import error_body
+from server.pipeline.batcher import BatcherClosed, BatcherFull
+from server.pipeline.decode import DecodeError, ImageTooLarge
+from server.pipeline.runner import Job, PredictOptions, face_result
+from server.pipeline.track import Tracker
+from server.runtime import Runtime
+from shared.protocol import ImageInfo, StreamControl, StreamResult, Timing
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["stream"])
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+MAX_REASON_BYTES = 123  # RFC 6455: a close reason fits in a 125-byte control frame
+
+
+class StreamClosed(Exception):
+    """Raised inside a session to close the connection with ``code`` and ``reason``."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+@dataclass
+class Frame:
+    index: int
+    data: bytes
+    received: float  # perf_counter
+
+
+class TokenBucket:
+    """Frame-rate cap that tolerates jitter: ``rate`` frames/s on average, bursts of ``burst``."""
+
+    def __init__(self, rate: float, burst: float = 2.0) -> None:
+        self.rate, self.burst = rate, max(burst, 1.0)
+        self.tokens = self.burst
+        self.last = time.perf_counter()
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+def _short(reason: str) -> str:
+    raw = reason.encode()
+    return (
+        reason
+        if len(raw) <= MAX_REASON_BYTES
+        else raw[: MAX_REASON_BYTES - 3].decode(errors="ignore") + "..."
+    )
+
+
+async def close_ws(ws: WebSocket, code: int, reason: str) -> None:
+    """Close unless either side already has; errors here mean the peer is gone, which is fine."""
+    if ws.application_state == WebSocketState.CONNECTED and ws.client_state == WebSocketState.CONNECTED:
+        with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
+            await ws.close(code, _short(reason))
+
+
+class StreamSession:
+    def __init__(self, ws: WebSocket, runtime: Runtime) -> None:
+        self.ws = ws
+        self.runtime = runtime
+        settings = runtime.settings
+        self.options = PredictOptions(max_faces=settings.max_faces, min_confidence=settings.score_threshold)
+        self.smoothing = 0.0
+        self.tracker = Tracker()
+        self.bucket = TokenBucket(settings.stream_max_fps)
+        self.received = 0
+        self.dropped = 0
+        self.pending: Frame | None = None
+        self.wake = asyncio.Event()
+        self.closing: tuple[int, str] | None = None
+        self.done = asyncio.Event()
+        self._send_lock = asyncio.Lock()
+        self._reader: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        reader = asyncio.create_task(self._read(), name="stream-read")
+        processor = asyncio.create_task(self._process(), name="stream-process")
+        self._reader = reader
+        close: tuple[int, str] | None = None
+        try:
+            await asyncio.wait({reader, processor}, return_when=asyncio.FIRST_COMPLETED)
+            if self.closing is not None:
+                # Server shutdown: the reader was cancelled; let the frame in flight be answered.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(
+                        asyncio.shield(processor), self.runtime.settings.shutdown_timeout_s
+                    )
+                close = self.closing
+            else:
+                for task in (reader, processor):
+                    if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
+                        close = self._close_for(exc)
+                        break
+        finally:
+            for task in (reader, processor):
+                task.cancel()
+            await asyncio.gather(reader, processor, return_exceptions=True)
+            if close is not None:
+                await close_ws(self.ws, *close)
+            self.done.set()
+
+    def _close_for(self, exc: BaseException) -> tuple[int, str] | None:
+        if isinstance(exc, StreamClosed):
+            self.runtime.metrics.errors.labels(code=f"ws_{exc.code}").inc()
+            return exc.code, exc.reason
+        if isinstance(exc, WebSocketDisconnect | OSError):
+            return None  # the client left
+        log.error("stream failed", exc_info=exc)
+        self.runtime.metrics.errors.labels(code="internal_error").inc()
+        return status.WS_1011_INTERNAL_ERROR, "internal server error"
+
+    async def close(self, code: int, reason: str) -> None:
+        """Ask the session to finish (used at shutdown) and wait until it has."""
+        self.closing = (code, reason)
+        if self._reader is not None:
+            self._reader.cancel()
+        self.wake.set()
+        await self.done.wait()
+
+    # ------------------------------------------------------------------ reading
+
+    async def _read(self) -> None:
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if (data := message.get("bytes")) is not None:
+                self._on_frame(data)
+            elif (text := message.get("text")) is not None:
+                await self._on_control(text)
+
+    def _on_frame(self, data: bytes) -> None:
+        index = self.received
+        self.received += 1
+        limit = self.runtime.settings.max_body_bytes
+        if len(data) > limit:
+            raise StreamClosed(
+                status.WS_1009_MESSAGE_TOO_BIG, f"frame {index} is {len(data)} bytes; limit {limit}"
+            )
+        if not data.startswith(JPEG_MAGIC):
+            raise StreamClosed(status.WS_1003_UNSUPPORTED_DATA, f"frame {index} is not a JPEG")
+        now = time.perf_counter()
+        if not self.bucket.take(now):
+            self._drop("rate_limit")
+            return
+        if self.pending is not None:
+            self._drop("superseded")
+        self.pending = Frame(index, data, now)
+        self.wake.set()
+
+    def _drop(self, reason: str) -> None:
+        self.dropped += 1
+        self.runtime.metrics.dropped_frames.labels(reason=reason).inc()
+
+    async def _on_control(self, text: str) -> None:
+        try:
+            control = StreamControl.model_validate_json(text)
+        except ValidationError as exc:
+            msg = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'message'}: {e['msg']}" for e in exc.errors())
+            self.runtime.metrics.errors.labels(code="invalid_control").inc()
+            await self._send(error_body("invalid_control", f"bad control message: {msg}"))
+            return
+        if control.smoothing is not None:
+            self.smoothing = control.smoothing
+        settings = self.runtime.settings
+        changes: dict[str, object] = {}
+        if control.max_faces is not None:
+            changes["max_faces"] = min(control.max_faces, settings.max_faces)
+        if control.min_confidence is not None:
+            changes["min_confidence"] = control.min_confidence
+        if control.detect is not None:
+            changes["detect"] = control.detect
+        if changes:
+            self.options = replace(self.options, **changes)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ processing
+
+    async def _process(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            if self.closing is not None:
+                return
+            frame, self.pending = self.pending, None
+            if frame is not None:
+                await self._answer(frame)
+
+    async def _answer(self, frame: Frame) -> None:
+        runtime = self.runtime
+        try:
+            image = await runtime.decode(frame.data, formats=("JPEG",))
+        except ImageTooLarge as exc:
+            raise StreamClosed(status.WS_1009_MESSAGE_TOO_BIG, f"frame {frame.index}: {exc}") from exc
+        except DecodeError as exc:
+            raise StreamClosed(status.WS_1003_UNSUPPORTED_DATA, f"frame {frame.index}: {exc}") from exc
+        try:
+            result = await runtime.infer(Job(image, self.options))
+        except BatcherFull:
+            self._drop("overload")
+            return
+        except BatcherClosed as exc:
+            raise StreamClosed(status.WS_1001_GOING_AWAY, "server shutting down") from exc
+        classes = runtime.classes
+        ids = self.tracker.update(np.array([f.box for f in result.faces], dtype=np.float64).reshape(-1, 4))
+        faces = [
+            face_result(
+                f, classes, image.width, image.height, self.tracker.smooth(tid, f.probs, self.smoothing), tid
+            )
+            for f, tid in zip(result.faces, ids, strict=True)
+        ]
+        dropped, self.dropped = self.dropped, 0
+        reply = StreamResult(
+            frame=frame.index,
+            faces=faces,
+            image=ImageInfo(width=image.width, height=image.height),
+            timing_ms=Timing(
+                decode=round(image.decode_ms, 3),
+                detect=round(result.detect_ms, 3),
+                classify=round(result.classify_ms, 3),
+                total=round((time.perf_counter() - frame.received) * 1000.0, 3),
+            ),
+            dropped=dropped,
+        )
+        await self._send(reply.model_dump(mode="json"))
+        runtime.metrics.frames.inc()
+        runtime.metrics.frame_latency.observe(time.perf_counter() - frame.received)
+
+    async def _send(self, payload: dict[str, object]) -> None:
+        async with self._send_lock:
+            await self.ws.send_json(payload)
+
+
+@router.websocket("/v1/stream")
+async def stream(websocket: WebSocket, runtime: RuntimeDep) -> None:
+    """Refusals (bad key, not ready, too many streams) accept first, so the close code and reason
+    reach the client (a refused handshake would only show an HTTP status)."""
+    metrics = runtime.metrics
+    if not key_is_valid(runtime.settings, presented_key(websocket, allow_query=True)):
+        metrics.errors.labels(code="ws_1008").inc()
+        await websocket.accept()
+        await close_ws(websocket, status.WS_1008_POLICY_VIOLATION, "missing or invalid API key")
+        return
+    if not runtime.ready:
+        metrics.errors.labels(code="ws_1013").inc()
+        await websocket.accept()
+        await close_ws(websocket, status.WS_1013_TRY_AGAIN_LATER, "model is loading; try again later")
+        return
+    session = StreamSession(websocket, runtime)
+    if not runtime.streams.try_add(session):
+        metrics.errors.labels(code="ws_1013").inc()
+        await websocket.accept()
+        limit = runtime.settings.max_streams
+        await close_ws(
+            websocket,
+            status.WS_1013_TRY_AGAIN_LATER,
+            f"server at its limit of {limit} streams; try again later",
+        )
+        return
+    metrics.active_streams.inc()
+    try:
+        await websocket.accept()
+        await session.run()
+    finally:
+        runtime.streams.discard(session)
+        metrics.active_streams.dec()

@@ -1,0 +1,133 @@
+"""``emotion-server``: settings from ``EMOTION_*``, flags on top, then uvicorn.
+
+Uses ``uvicorn.Server`` directly rather than ``uvicorn.run`` only to add one step
+to shutdown: streams get a 1001 "going away" close from the app before uvicorn's
+own connection shutdown (which would send 1012) runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from pydantic import ValidationError
+
+from server.app import create_app
+from server.config import Settings
+from server.runtime import Runtime
+
+#: Extra room over the frame limit so the app, not uvicorn, rejects big frames (with a reason).
+WS_SIZE_SLACK = 1024 * 1024
+
+
+_KEY_IN_QUERY = re.compile(r"(api_key=)[^&\s\"']+", re.IGNORECASE)
+
+
+class RedactApiKeys(logging.Filter):
+    """Masks ``api_key=...`` (the WebSocket query-string key) in uvicorn's access and connection logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        def mask(value: object) -> object:
+            return _KEY_IN_QUERY.sub(r"\1***", value) if isinstance(value, str) else value
+
+        record.msg = mask(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(mask(a) for a in record.args)
+        return True
+
+
+def install_redaction() -> None:
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactApiKeys) for f in logger.filters):
+            logger.addFilter(RedactApiKeys())
+
+
+class GracefulServer(uvicorn.Server):
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        app = self.config.app
+        runtime: Runtime | None = getattr(getattr(app, "state", None), "runtime", None)
+        if runtime is not None:
+            runtime.ready = False
+            await runtime.streams.close_all(1001, "server shutting down", runtime.settings.shutdown_timeout_s)
+        await super().shutdown(sockets)
+
+
+def build_server(app: FastAPI, settings: Settings, **overrides: Any) -> GracefulServer:
+    """A uvicorn server for ``app`` configured from ``settings`` (used by tests and the benchmark too)."""
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "ws_max_size": settings.max_body_bytes + WS_SIZE_SLACK,
+        "timeout_graceful_shutdown": max(settings.shutdown_timeout_s, 1.0),
+        "proxy_headers": True,
+        "server_header": False,
+    }
+    options.update(overrides)
+    install_redaction()
+    return GracefulServer(uvicorn.Config(app, **options))
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="emotion-server",
+        description="Facial-emotion detection server. Every flag also reads from EMOTION_<NAME> (flags win).",
+    )
+    p.add_argument("--host", help="bind address (EMOTION_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (EMOTION_PORT, default 8000)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (EMOTION_DEVICE, default auto)")
+    p.add_argument("--checkpoint", help="emotion checkpoint .safetensors (EMOTION_CHECKPOINT)")
+    p.add_argument(
+        "--detector", choices=["ssd", "haar"], help="face detector (EMOTION_DETECTOR, default ssd)"
+    )
+    p.add_argument("--detector-input-size", type=int, help="detector input side in pixels (default 300)")
+    p.add_argument("--score-threshold", type=float, help="default minimum detector score (default 0.5)")
+    p.add_argument("--max-faces", type=int, help="default and maximum faces per image (default 10)")
+    p.add_argument("--max-batch-size", type=int, help="images per model batch (default 16)")
+    p.add_argument("--max-wait-ms", type=float, help="how long a batch waits to fill (default 2)")
+    p.add_argument("--max-streams", type=int, help="concurrent WebSocket streams (default 16)")
+    p.add_argument("--stream-max-fps", type=float, help="per-stream frame-rate cap (default 30)")
+    p.add_argument("--torch-threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--log-level", help="critical | error | warning | info | debug")
+    return p
+
+
+def load_settings(argv: Sequence[str] | None = None) -> Settings:
+    args = get_parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    return Settings(**overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = load_settings(argv)
+    except ValidationError as exc:
+        # include_input=False: inputs may be API keys, which must not reach logs.
+        lines = [
+            f"  {'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
+            for e in exc.errors(include_input=False)
+        ]
+        print("emotion-server: invalid configuration\n" + "\n".join(lines), file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        app = create_app(settings)
+    except (OSError, ValueError) as exc:  # e.g. a checkpoint that is not one
+        print(f"emotion-server: {exc}", file=sys.stderr)
+        return 2
+    build_server(app, settings).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Server configuration: one typed object read from ``EMOTION_*`` environment variables.
+
+Everything is validated when :class:`Settings` is built, so a bad deployment (a
+missing checkpoint, a placeholder API key, a CUDA device on a CPU host) fails at
+startup with a clear message instead of at the first request.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from server.model.checkpoint import DEFAULT_CHECKPOINT
+
+MiB = 1024 * 1024
+#: Keys that show up in copy-pasted examples; refusing them beats shipping them.
+PLACEHOLDER_KEYS = frozenset({"changeme", "changethis", "password", "secret", "apikey", "api_key", "example"})
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def _split_csv(value: object) -> object:
+    """``"a, b"`` -> ``["a", "b"]``; lists (from code or JSON) pass through."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _resolve_device(device: str) -> str:
+    """``auto`` -> cuda/cpu; refuses a CUDA/MPS request the host cannot serve."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {device!r} requested but only {torch.cuda.device_count()} GPU(s) present"
+            )
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' requested but MPS is not available")
+    return device
+
+
+class Settings(BaseSettings):
+    """Every knob of the server; ``emotion-server`` flags override the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="EMOTION_", extra="ignore", validate_default=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    device: str = Field(
+        default="auto", description="auto (CUDA when available, else CPU), cpu, cuda, cuda:N, mps"
+    )
+    checkpoint: Path = DEFAULT_CHECKPOINT
+
+    detector: Literal["ssd", "haar"] = "ssd"
+    detector_input_size: int = Field(
+        default=300, ge=64, le=2048, description="Detector network input side (pixels)."
+    )
+    score_threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="Default minimum detector score.")
+    max_faces: int = Field(
+        default=10, ge=1, le=100, description="Default and upper bound of faces per image."
+    )
+    min_face_size: int = Field(default=20, ge=1, description="Smaller detections (pixels) are discarded.")
+
+    max_batch_size: int = Field(default=16, ge=1, le=512)
+    max_wait_ms: float = Field(
+        default=2.0, ge=0.0, le=1000.0, description="How long a batch waits to fill up."
+    )
+    max_queue: int = Field(
+        default=256, ge=1, description="Images waiting for the model before requests get 503."
+    )
+    decode_threads: int = Field(default_factory=lambda: min(4, os.cpu_count() or 1), ge=1, le=64)
+    torch_threads: int | None = Field(
+        default=None, ge=1, le=256, description="torch intra-op threads; default: torch's."
+    )
+    warmup: bool = True
+
+    max_body_bytes: int = Field(default=10 * MiB, ge=1024)
+    max_pixels: int = Field(default=40_000_000, ge=64 * 64)
+
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    max_streams: int = Field(default=16, ge=1, le=10_000)
+    stream_max_fps: float = Field(default=30.0, gt=0.0, le=1000.0)
+    shutdown_timeout_s: float = Field(
+        default=10.0, ge=0.0, description="Grace period for in-flight work on shutdown."
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    _split = field_validator("api_keys", "cors_origins", mode="before")(_split_csv)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("device")
+    @classmethod
+    def _device_syntax(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not _DEVICE.match(value):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, not {value!r}")
+        _resolve_device(value)
+        return value
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint_exists(cls, value: Path) -> Path:
+        if not value.is_file():
+            raise ValueError(f"checkpoint {value} does not exist (set EMOTION_CHECKPOINT or --checkpoint)")
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _real_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        for secret in keys:
+            key = secret.get_secret_value()
+            if key.lower() in PLACEHOLDER_KEYS or len(key) < 8 or any(c.isspace() for c in key):
+                # The key itself is never echoed: error messages end up in logs.
+                raise ValueError(
+                    "every API key needs 8+ characters, no spaces, and must not be a placeholder"
+                )
+        return keys
+
+    def torch_device(self) -> str:
+        """The concrete device string (``auto`` resolved)."""
+        return _resolve_device(self.device)
+
+    def key_values(self) -> list[str]:
+        return [key.get_secret_value() for key in self.api_keys]
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+    def limits(self) -> dict[str, float | int]:
+        """What clients may send, as reported by ``GET /v1/info``."""
+        return {
+            "max_body_bytes": self.max_body_bytes,
+            "max_pixels": self.max_pixels,
+            "max_faces": self.max_faces,
+            "max_batch_size": self.max_batch_size,
+            "max_wait_ms": self.max_wait_ms,
+            "max_streams": self.max_streams,
+            "stream_max_fps": self.stream_max_fps,
+        }

@@ -1,0 +1,72 @@
+"""Request dependencies as ``Annotated`` aliases, so handlers declare what they need by type."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends
+from starlette.requests import HTTPConnection
+
+from server.config import Settings
+from server.errors import NotReady, Unauthorized
+from server.runtime import Runtime
+
+
+def get_runtime(conn: HTTPConnection) -> Runtime:
+    runtime: Runtime = conn.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_settings(runtime: RuntimeDep) -> Settings:
+    return runtime.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_ready_runtime(runtime: RuntimeDep) -> Runtime:
+    if not runtime.ready:
+        raise NotReady(
+            "model failed to load" if runtime.load_error else "model is loading; try again shortly"
+        )
+    return runtime
+
+
+ReadyRuntimeDep = Annotated[Runtime, Depends(get_ready_runtime)]
+
+
+def presented_key(conn: HTTPConnection, allow_query: bool = False) -> str | None:
+    """The key from ``Authorization: Bearer``, ``X-API-Key`` or (WebSocket only) ``?api_key=``."""
+    auth = conn.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    if key := conn.headers.get("x-api-key"):
+        return key.strip()
+    if allow_query and (key := conn.query_params.get("api_key")):
+        return key
+    return None
+
+
+def key_is_valid(settings: Settings, key: str | None) -> bool:
+    """Constant-time comparison against every configured key (no early exit on a match)."""
+    if not settings.auth_enabled:
+        return True
+    if not key:
+        return False
+    given = key.encode()
+    matches = [hmac.compare_digest(given, k.encode()) for k in settings.key_values()]
+    return any(matches)
+
+
+def require_api_key(conn: HTTPConnection, settings: SettingsDep) -> None:
+    """Router dependency for HTTP routes; the WebSocket route checks with ``allow_query=True`` itself."""
+    if not key_is_valid(settings, presented_key(conn)):
+        raise Unauthorized()
+
+
+ApiKey = Depends(require_api_key)

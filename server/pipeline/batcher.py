@@ -1,0 +1,164 @@
+"""Dynamic batching across concurrent callers (the Ray Serve ``@serve.batch`` pattern).
+
+Callers ``await submit(item)``; a single loop gathers queued items until
+``max_batch_size`` or ``max_wait_ms`` after the first one, runs the batch function
+on a worker thread (so the event loop never blocks on the model), checks that it
+returned one result per item, and resolves each caller's future. If the batch
+fails, every future of that batch gets the exception: nobody hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class BatcherClosed(RuntimeError):
+    """Submitted after (or pending during) shutdown."""
+
+
+class BatcherFull(RuntimeError):
+    """More items are waiting than ``max_queue``: shed load instead of queueing forever."""
+
+
+class BatchSizeMismatch(RuntimeError):
+    """The batch function returned a different number of results than it was given items."""
+
+
+class Batcher(Generic[T, R]):
+    """Owns one batch function and the single worker thread it runs on."""
+
+    def __init__(
+        self,
+        fn: Callable[[list[T]], Sequence[R]],
+        *,
+        max_batch_size: int,
+        max_wait_ms: float,
+        max_queue: int = 1024,
+        on_batch: Callable[[int], None] | None = None,
+        name: str = "batcher",
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        self._fn = fn
+        self.max_batch_size = max_batch_size
+        self.max_wait = max(0.0, max_wait_ms) / 1000.0
+        self.max_queue = max_queue
+        self._on_batch = on_batch
+        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
+        self._inflight: list[asyncio.Future[R]] = []
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        #: Counters for tests and /v1/info: how many batches ran, and the largest one.
+        self.batches = 0
+        self.items = 0
+        self.largest_batch = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher-loop")
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    async def submit(self, item: T) -> R:
+        """Queue ``item`` and wait for its own result (or the batch's exception)."""
+        if self._closed:
+            raise BatcherClosed("server is shutting down")
+        if self._queue.qsize() >= self.max_queue:
+            raise BatcherFull(f"{self._queue.qsize()} items already waiting")
+        fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._idle.clear()
+        self._queue.put_nowait((item, fut))
+        return await fut
+
+    async def _collect(self) -> list[tuple[T, asyncio.Future[R]]]:
+        batch = [await self._queue.get()]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait
+        while len(batch) < self.max_batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            live = [(item, fut) for item, fut in batch if not fut.done()]  # callers that gave up are skipped
+            if not live:
+                self._mark_idle()
+                continue
+            items = [item for item, _ in live]
+            self._inflight = [fut for _, fut in live]
+            try:
+                results = await loop.run_in_executor(self._executor, self._fn, items)
+                if len(results) != len(items):
+                    raise BatchSizeMismatch(
+                        f"batch function returned {len(results)} results for {len(items)} items"
+                    )
+            except Exception as exc:
+                log.exception("batch of %d failed", len(items))
+                for fut in self._inflight:
+                    if not fut.done():
+                        fut.set_exception(exc)
+            else:
+                for fut, result in zip(self._inflight, results, strict=True):
+                    if not fut.done():
+                        fut.set_result(result)
+            finally:
+                self._inflight = []
+            self.batches += 1
+            self.items += len(items)
+            self.largest_batch = max(self.largest_batch, len(items))
+            if self._on_batch is not None:
+                self._on_batch(len(items))
+            self._mark_idle()
+
+    def _mark_idle(self) -> None:
+        if self._queue.empty():
+            self._idle.set()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Refuse new items, let queued ones finish (up to ``timeout``), then fail the rest."""
+        self._closed = True
+        leftovers: list[asyncio.Future[R]] = []
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout)
+            except TimeoutError:
+                log.warning("batcher: %d items unfinished after %.1fs; failing them", self.pending, timeout)
+            leftovers = list(self._inflight)  # the loop clears its list when cancelled
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        while not self._queue.empty():
+            leftovers.append(self._queue.get_nowait()[1])
+        for fut in leftovers:
+            if not fut.done():
+                fut.set_exception(BatcherClosed("server is shutting down"))
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,172 @@
+"""One batch of decoded images -> faces with emotion probabilities.
+
+The stages (detect -> crop -> classify) each run once per batch, whatever mix of
+REST requests and stream frames the batch holds, which is where batching pays.
+Called on the batcher's worker thread; nothing here touches the event loop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from server.pipeline.classify import EmotionClassifier
+from server.pipeline.crop import WHOLE_IMAGE, crop_faces
+from server.pipeline.decode import DecodedImage
+from server.pipeline.types import FaceDetector
+from shared.protocol import FaceBox, FaceResult
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    detect: bool = True
+    max_faces: int = 10
+    min_confidence: float = 0.5
+
+
+@dataclass
+class Job:
+    image: DecodedImage
+    options: PredictOptions = field(default_factory=PredictOptions)
+
+
+@dataclass
+class Face:
+    """One face before serialisation: the stream adds a track id and may smooth ``probs``."""
+
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in image pixels
+    score: float
+    probs: np.ndarray  # (C,) in classifier class order
+
+    @property
+    def area(self) -> float:
+        return max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1])
+
+
+@dataclass
+class JobResult:
+    faces: list[Face]  # largest first
+    detect_ms: float
+    classify_ms: float
+
+
+def face_box(box: tuple[float, float, float, float], width: int, height: int) -> FaceBox:
+    """Float corners -> integer x, y, w, h clipped to the image."""
+    x1 = min(max(round(box[0]), 0), width)
+    y1 = min(max(round(box[1]), 0), height)
+    x2 = min(max(round(box[2]), x1), width)
+    y2 = min(max(round(box[3]), y1), height)
+    return FaceBox(x=x1, y=y1, w=x2 - x1, h=y2 - y1)
+
+
+def face_result(
+    face: Face,
+    classes: Sequence[str],
+    width: int,
+    height: int,
+    probs: np.ndarray | None = None,
+    track_id: int | None = None,
+) -> FaceResult:
+    p = face.probs if probs is None else probs
+    return FaceResult(
+        box=face_box(face.box, width, height),
+        confidence=float(min(max(face.score, 0.0), 1.0)),
+        emotions={name: float(v) for name, v in zip(classes, p, strict=True)},
+        dominant=classes[int(np.argmax(p))],
+        track_id=track_id,
+    )
+
+
+class Pipeline:
+    """Holds the detector and the classifier; ``run`` is the batcher's batch function."""
+
+    def __init__(
+        self, classifier: EmotionClassifier, detector: FaceDetector, device: str | torch.device
+    ) -> None:
+        self.classifier = classifier
+        self.detector = detector
+        self.device = torch.device(device)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.classifier.classes
+
+    def _detect(
+        self, images: list[torch.Tensor], jobs: Sequence[Job]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Boxes and scores per image; one detector call for the batch, per-job limits applied after."""
+        out: list[tuple[torch.Tensor, torch.Tensor]] = [(torch.zeros((0, 4)), torch.zeros(0))] * len(jobs)
+        want = [i for i, job in enumerate(jobs) if job.options.detect]
+        if want:
+            opts = [jobs[i].options for i in want]
+            dets = self.detector.detect(
+                [images[i] for i in want],
+                min_confidence=min(o.min_confidence for o in opts),
+                max_faces=max(o.max_faces for o in opts),
+            )
+            for i, det, o in zip(want, dets, opts, strict=True):
+                keep = (
+                    (det.scores >= o.min_confidence).nonzero().flatten()[: o.max_faces]
+                )  # scores sorted desc
+                out[i] = (det.boxes[keep].float(), det.scores[keep].float())
+        for i, job in enumerate(jobs):
+            if not job.options.detect:
+                whole = torch.tensor([[0.0, 0.0, float(job.image.width), float(job.image.height)]])
+                out[i] = (whole, torch.ones(1))
+        return out
+
+    def _crops(
+        self, images: list[torch.Tensor], boxes: list[torch.Tensor], jobs: Sequence[Job]
+    ) -> torch.Tensor:
+        """(sum K, 1, S, S) crops in job order; detected faces use the checkpoint's framing."""
+        size = self.classifier.input_size
+        groups = [
+            [i for i, j in enumerate(jobs) if j.options.detect],
+            [i for i, j in enumerate(jobs) if not j.options.detect],
+        ]
+        specs = [self.classifier.meta.crop, WHOLE_IMAGE]
+        parts: dict[int, torch.Tensor] = {}
+        for idx, spec in zip(groups, specs, strict=True):
+            idx = [i for i in idx if len(boxes[i])]
+            if not idx:
+                continue
+            crops = crop_faces(
+                [images[i] for i in idx], [boxes[i].to(images[i].device) for i in idx], spec=spec, size=size
+            )
+            for i, chunk in zip(idx, crops.split([len(boxes[i]) for i in idx]), strict=True):
+                parts[i] = chunk
+        ordered = [parts[i] for i in range(len(jobs)) if i in parts]
+        return torch.cat(ordered) if ordered else torch.zeros((0, 1, size, size))
+
+    @torch.inference_mode()
+    def run(self, jobs: Sequence[Job]) -> list[JobResult]:
+        t0 = time.perf_counter()
+        images = [job.image.tensor.to(self.device, non_blocking=True) for job in jobs]
+        dets = self._detect(images, jobs)
+        t1 = time.perf_counter()
+        boxes = [b for b, _ in dets]
+        probs = self.classifier.predict(self._crops(images, boxes, jobs)).numpy()
+        t2 = time.perf_counter()
+        detect_ms, classify_ms = (t1 - t0) * 1000.0, (t2 - t1) * 1000.0
+        results: list[JobResult] = []
+        offset = 0
+        for b, s in dets:
+            faces = []
+            for n, (x1, y1, x2, y2) in enumerate(b.cpu().tolist()):
+                faces.append(Face(box=(x1, y1, x2, y2), score=float(s[n]), probs=probs[offset + n]))
+            offset += len(b)
+            faces.sort(key=lambda f: f.area, reverse=True)
+            results.append(JobResult(faces, detect_ms, classify_ms))
+        return results
+
+    def warmup(self) -> None:
+        """One dummy batch through both models (both crop paths), so the first request is not slow."""
+        rng = np.random.default_rng(0)
+        noise = torch.from_numpy(rng.integers(0, 256, (3, 480, 640), dtype=np.uint8))
+        image = DecodedImage(tensor=noise, decode_ms=0.0)
+        any_box = PredictOptions(detect=True, max_faces=4, min_confidence=0.0)  # exercise the crop path too
+        self.run([Job(image, any_box), Job(image, PredictOptions(detect=False))])

@@ -1,0 +1,211 @@
+"""What one app instance owns: models, the batcher, thread pools, open streams, metrics.
+
+It lives on ``app.state.runtime``, created by :func:`server.app.create_app` and
+started/stopped by the lifespan. Loading and warm-up run in the background after
+startup, so ``/healthz`` answers at once and ``/readyz`` turns 200 only when the
+first real request would be fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, Protocol
+
+import torch
+
+from server.config import Settings
+from server.errors import NotReady
+from server.metrics import Metrics
+from server.model.checkpoint import CheckpointMeta, read_meta
+from server.pipeline.batcher import Batcher
+from server.pipeline.decode import SUPPORTED_FORMATS, DecodedImage, decode_image
+from server.pipeline.runner import Job, JobResult, Pipeline
+
+log = logging.getLogger(__name__)
+
+
+class Closable(Protocol):
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+class StreamHub:
+    """Open streams, so there is a cap on them and shutdown can close each one properly."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: set[Closable] = set()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def try_add(self, stream: Closable) -> bool:
+        if len(self._open) >= self.limit:
+            return False
+        self._open.add(stream)
+        return True
+
+    def discard(self, stream: Closable) -> None:
+        self._open.discard(stream)
+
+    async def close_all(self, code: int, reason: str, timeout: float) -> None:
+        if self._open:
+            log.info("closing %d stream(s): %s", len(self._open), reason)
+            try:
+                await asyncio.wait_for(
+                    asyncio.gather(
+                        *(s.close(code, reason) for s in list(self._open)), return_exceptions=True
+                    ),
+                    timeout=max(timeout, 0.1),
+                )
+            except TimeoutError:
+                log.warning("%d stream(s) did not close within %.1fs", len(self._open), timeout)
+
+
+def build_pipeline(settings: Settings, device: str) -> Pipeline:
+    """Load both models (slow: runs on a worker thread)."""
+    from server.pipeline.classify import EmotionClassifier
+    from server.pipeline.detect import build_detector
+
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    classifier = EmotionClassifier(settings.checkpoint, device)
+    detector = build_detector(
+        settings.detector,
+        device=device,
+        score_threshold=settings.score_threshold,
+        max_faces=settings.max_faces,
+        min_face_size=settings.min_face_size,
+        input_size=(settings.detector_input_size, settings.detector_input_size),
+    )
+    return Pipeline(classifier, detector, device)
+
+
+class Runtime:
+    def __init__(
+        self, settings: Settings, pipeline_factory: Callable[[Settings, str], Pipeline] = build_pipeline
+    ) -> None:
+        self.settings = settings
+        self.device = settings.torch_device()
+        self.metrics = Metrics()
+        self.streams = StreamHub(settings.max_streams)
+        self.meta: CheckpointMeta = read_meta(settings.checkpoint)  # fails fast on a wrong file
+        self.pipeline: Pipeline | None = None
+        self.batcher: Batcher[Job, JobResult] | None = None
+        self.model_version = self.meta.version
+        self.load_error: str | None = None
+        self.ready = False
+        self.started_at = time.time()
+        self._factory = pipeline_factory
+        self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        self._load_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Begin loading in the background; returns at once so the server can answer /healthz."""
+        self._load_task = asyncio.get_running_loop().create_task(self._load(), name="model-load")
+
+    async def wait_ready(self) -> None:
+        if self._load_task is not None:
+            await asyncio.shield(self._load_task)
+
+    async def _load(self) -> None:
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        try:
+            pipeline = await loop.run_in_executor(None, self._factory, self.settings, self.device)
+            if self.settings.warmup:
+                await loop.run_in_executor(None, pipeline.warmup)
+        except Exception as exc:
+            log.exception("model loading failed")
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            return
+        self.pipeline = pipeline
+        self.model_version = pipeline.classifier.version
+        self.batcher = Batcher(
+            self._run_batch,
+            max_batch_size=self.settings.max_batch_size,
+            max_wait_ms=self.settings.max_wait_ms,
+            max_queue=self.settings.max_queue,
+            on_batch=self.metrics.batch_size.observe,
+            name="model",
+        )
+        self.batcher.start()
+        self.ready = True
+        self.metrics.ready.set(1)
+        log.info(
+            "ready in %.1fs: model %s %s, detector %s, device %s",
+            time.perf_counter() - start,
+            self.meta.name,
+            self.model_version,
+            self.settings.detector,
+            self.device,
+        )
+
+    def _run_batch(self, jobs: Sequence[Job]) -> list[JobResult]:
+        assert self.pipeline is not None
+        results = self.pipeline.run(jobs)
+        if results:
+            self.metrics.stage_latency.labels(stage="detect").observe(results[0].detect_ms / 1000.0)
+            self.metrics.stage_latency.labels(stage="classify").observe(results[0].classify_ms / 1000.0)
+        self.metrics.batch_faces.observe(sum(len(r.faces) for r in results))
+        return results
+
+    async def decode(self, data: bytes, formats: Sequence[str] = SUPPORTED_FORMATS) -> DecodedImage:
+        """Decode on the thread pool: Pillow releases the GIL, so decodes overlap each other and the model."""
+        fn = partial(decode_image, data, max_pixels=self.settings.max_pixels, formats=formats)
+        image = await asyncio.get_running_loop().run_in_executor(self._decode_pool, fn)
+        self.metrics.stage_latency.labels(stage="decode").observe(image.decode_ms / 1000.0)
+        return image
+
+    async def infer(self, job: Job) -> JobResult:
+        if self.batcher is None:
+            raise NotReady()
+        return await self.batcher.submit(job)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.meta.classes
+
+    def info(self) -> dict[str, Any]:
+        s = self.settings
+        m = self.meta
+        return {
+            "ready": self.ready,
+            "classes": m.classes,
+            "model": {
+                "name": m.name,
+                "version": self.model_version,
+                "arch": m.arch,
+                "stem": m.stem,
+                "input_size": m.input_size,
+                "crop": m.crop.model_dump(),
+                "metrics": m.metrics,
+                "data_fingerprint": m.data_fingerprint,
+            },
+            "detector": {
+                "kind": s.detector,
+                "input_size": s.detector_input_size,
+                "score_threshold": s.score_threshold,
+                "min_face_size": s.min_face_size,
+                "max_faces": s.max_faces,
+            },
+            "device": self.device,
+            "limits": s.limits(),
+            "auth": s.auth_enabled,
+        }
+
+    async def close(self) -> None:
+        """Graceful stop: streams get 1001, queued work finishes, then the pools go."""
+        self.ready = False
+        self.metrics.ready.set(0)
+        timeout = self.settings.shutdown_timeout_s
+        await self.streams.close_all(1001, "server shutting down", timeout)
+        if self._load_task is not None and not self._load_task.done():
+            self._load_task.cancel()
+        if self.batcher is not None:
+            await self.batcher.stop(timeout)
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)

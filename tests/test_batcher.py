@@ -1,0 +1,152 @@
+"""server.pipeline.batcher: batches form under concurrency, results go to the right caller, nobody hangs."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from server.pipeline.batcher import Batcher, BatcherClosed, BatcherFull, BatchSizeMismatch
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(asyncio.wait_for(coro, 20))
+
+
+def test_concurrent_callers_share_a_batch_and_get_their_own_result() -> None:
+    seen: list[list[int]] = []
+    threads: set[str] = set()
+
+    def square(items: list[int]) -> list[int]:
+        seen.append(list(items))
+        threads.add(threading.current_thread().name)
+        return [i * i for i in items]
+
+    async def main() -> list[int]:
+        batcher: Batcher[int, int] = Batcher(square, max_batch_size=8, max_wait_ms=50)
+        batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.submit(i) for i in range(20)))
+        finally:
+            await batcher.stop()
+
+    assert run(main()) == [i * i for i in range(20)]
+    assert max(len(b) for b in seen) == 8  # capped at max_batch_size
+    assert len(seen) <= 4  # 20 items in batches of up to 8
+    assert threads and threading.main_thread().name not in threads  # the model ran off the event loop
+
+
+def test_max_wait_bounds_latency_of_a_lone_item() -> None:
+    async def main() -> float:
+        batcher: Batcher[int, int] = Batcher(lambda xs: xs, max_batch_size=64, max_wait_ms=30)
+        batcher.start()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        assert await batcher.submit(1) == 1
+        elapsed = loop.time() - t0
+        await batcher.stop()
+        return elapsed
+
+    assert run(main()) < 1.0
+
+
+def test_failure_reaches_every_caller_of_the_batch_and_the_next_batch_works() -> None:
+    calls = 0
+
+    def flaky(items: list[int]) -> list[int]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ValueError("boom")
+        return items
+
+    async def main() -> None:
+        batcher: Batcher[int, int] = Batcher(flaky, max_batch_size=4, max_wait_ms=50)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit(i) for i in range(3)), return_exceptions=True)
+        assert all(isinstance(r, ValueError) for r in results)
+        assert await batcher.submit(7) == 7
+        await batcher.stop()
+
+    run(main())
+
+
+def test_wrong_result_length_is_an_error_not_a_hang() -> None:
+    async def main() -> None:
+        batcher: Batcher[int, int] = Batcher(lambda xs: xs[:-1], max_batch_size=4, max_wait_ms=20)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit(i) for i in range(2)), return_exceptions=True)
+        assert all(isinstance(r, BatchSizeMismatch) for r in results)
+        await batcher.stop()
+
+    run(main())
+
+
+def test_cancelled_caller_is_skipped() -> None:
+    seen: list[list[int]] = []
+    gate = threading.Event()
+
+    def fn(items: list[int]) -> list[int]:
+        seen.append(list(items))
+        gate.wait(5)
+        return items
+
+    async def main() -> None:
+        batcher: Batcher[int, int] = Batcher(fn, max_batch_size=1, max_wait_ms=0)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(1))  # occupies the worker
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(batcher.submit(2))
+        await asyncio.sleep(0.01)
+        second.cancel()  # gives up while queued
+        gate.set()
+        assert await first == 1
+        assert await batcher.submit(3) == 3
+        await batcher.stop()
+
+    run(main())
+    assert [2] not in seen
+
+
+def test_queue_limit_and_shutdown() -> None:
+    gate = threading.Event()
+
+    def slow(items: list[int]) -> list[int]:
+        gate.wait(5)
+        return items
+
+    async def main() -> None:
+        batcher: Batcher[int, int] = Batcher(slow, max_batch_size=1, max_wait_ms=0, max_queue=1)
+        batcher.start()
+        busy = asyncio.create_task(batcher.submit(1))
+        await asyncio.sleep(0.05)  # item 1 is running, the queue is empty
+        queued = asyncio.create_task(batcher.submit(2))
+        await asyncio.sleep(0.01)
+        with pytest.raises(BatcherFull):
+            await batcher.submit(3)
+        gate.set()
+        await batcher.stop(timeout=5)  # drains: queued work finishes
+        assert await busy == 1 and await queued == 2
+        with pytest.raises(BatcherClosed):
+            await batcher.submit(4)
+
+    run(main())
+
+
+def test_stop_fails_what_cannot_finish() -> None:
+    gate = threading.Event()
+
+    async def main() -> None:
+        batcher: Batcher[int, int] = Batcher(
+            lambda xs: (gate.wait(5), xs)[1], max_batch_size=1, max_wait_ms=0
+        )
+        batcher.start()
+        stuck = asyncio.create_task(batcher.submit(1))
+        await asyncio.sleep(0.05)
+        await batcher.stop(timeout=0.1)
+        with pytest.raises(BatcherClosed):
+            await stuck
+        gate.set()
+
+    run(main())

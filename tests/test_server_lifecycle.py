@@ -1,0 +1,190 @@
+"""Readiness, load failure, graceful shutdown, stream limits, CORS, settings and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from pydantic import ValidationError
+from server_harness import LiveServer, frame_640x480, jpeg, recv_json, retry, run, server_settings
+from test_server_stream import close_code
+from websockets.asyncio.client import connect
+
+from server.cli import load_settings, main
+from server.config import Settings
+from server.pipeline.runner import Pipeline
+from server.runtime import build_pipeline
+from shared.protocol import ErrorBody
+
+
+def error_code(resp: httpx.Response) -> str:
+    return ErrorBody.model_validate_json(resp.content).error.code
+
+
+def test_not_ready_until_warmed_up(tiny_checkpoint: Path, astronaut_jpeg: bytes) -> None:
+    gate = threading.Event()
+
+    def slow_factory(settings: Settings, device: str) -> Pipeline:
+        gate.wait(60)
+        return build_pipeline(settings, device)
+
+    srv = LiveServer(server_settings(tiny_checkpoint), pipeline_factory=slow_factory).start(wait_ready=False)
+    try:
+        assert httpx.get(srv.url + "/healthz").status_code == 200  # alive while loading
+        resp = httpx.get(srv.url + "/readyz")
+        assert resp.status_code == 503 and error_code(resp) == "not_ready" and "retry-after" in resp.headers
+        resp = httpx.post(srv.url + "/v1/predict", content=astronaut_jpeg)
+        assert resp.status_code == 503 and error_code(resp) == "not_ready"
+
+        async def refused() -> tuple[int, str]:
+            async with connect(srv.ws_url) as ws:
+                return await close_code(ws)
+
+        code, reason = run(refused())
+        assert code == 1013 and "try again later" in reason
+        gate.set()
+        assert retry(lambda: httpx.get(srv.url + "/readyz").status_code == 200, timeout=60)
+        assert httpx.post(srv.url + "/v1/predict", content=astronaut_jpeg).status_code == 200
+    finally:
+        gate.set()
+        srv.stop()
+
+
+def test_load_failure_is_reported_not_hidden(tiny_checkpoint: Path) -> None:
+    def broken(settings: Settings, device: str) -> Pipeline:
+        raise RuntimeError("detector weights unreadable")
+
+    srv = LiveServer(server_settings(tiny_checkpoint), pipeline_factory=broken).start(wait_ready=False)
+    try:
+        assert retry(lambda: srv.runtime.load_error is not None)
+        for path in ("/readyz", "/healthz"):
+            resp = httpx.get(srv.url + path)
+            assert resp.status_code == 503 and error_code(resp) == "load_failed"
+            assert "detector weights unreadable" in resp.text
+    finally:
+        srv.stop()
+
+
+def test_graceful_shutdown_finishes_work_and_says_going_away(
+    tiny_checkpoint: Path, astronaut: np.ndarray
+) -> None:
+    # A long batch window keeps both requests in flight when the shutdown starts.
+    srv = LiveServer(server_settings(tiny_checkpoint, max_wait_ms=600.0)).start()
+    frame = jpeg(frame_640x480(astronaut))
+
+    async def scenario() -> tuple[dict[str, Any], tuple[int, str], httpx.Response]:
+        async with connect(srv.ws_url) as ws, httpx.AsyncClient(timeout=30) as client:
+            await ws.send(frame)
+            request = asyncio.create_task(client.post(srv.url + "/v1/predict", content=frame))
+            await asyncio.sleep(0.2)
+            srv.server.should_exit = True  # what SIGTERM does
+            reply = await recv_json(ws)
+            closed = await close_code(ws)
+            return reply, closed, await request
+
+    try:
+        reply, (code, reason), resp = run(scenario())
+    finally:
+        srv.stop()
+    assert reply["frame"] == 0 and len(reply["faces"]) == 1  # the frame in flight was answered
+    assert code == 1001 and "shutting down" in reason
+    assert resp.status_code == 200 and len(resp.json()["faces"]) == 1  # the request in flight finished
+    assert not srv.thread.is_alive()
+
+
+@pytest.fixture(scope="module")
+def limited(tiny_checkpoint: Path) -> Iterator[LiveServer]:
+    settings = server_settings(
+        tiny_checkpoint, max_streams=1, stream_max_fps=4.0, cors_origins="http://app.example"
+    )
+    server = LiveServer(settings).start()
+    yield server
+    server.stop()
+
+
+def test_streams_over_the_limit_are_refused_with_1013(limited: LiveServer) -> None:
+    async def scenario() -> tuple[int, str]:
+        async with connect(limited.ws_url):
+            assert retry(lambda: limited.metric("emotion_active_streams") == 1)
+            async with connect(limited.ws_url) as second:
+                return await close_code(second)
+
+    code, reason = run(scenario())
+    assert code == 1013 and "limit of 1 streams" in reason
+    assert retry(lambda: limited.metric("emotion_active_streams") == 0)
+
+
+def test_frames_over_the_fps_cap_are_dropped_and_counted(limited: LiveServer, astronaut: np.ndarray) -> None:
+    frame = jpeg(frame_640x480(astronaut))
+    before = limited.metric("emotion_stream_dropped_frames_total", reason="rate_limit")
+
+    async def scenario() -> list[dict[str, Any]]:
+        replies: list[dict[str, Any]] = []
+        async with connect(limited.ws_url) as ws:
+            for _ in range(20):  # a burst far above 4 fps
+                await ws.send(frame)
+            await asyncio.sleep(0.6)  # the bucket refills; the next frame is accepted
+            await ws.send(frame)
+            while not replies or replies[-1]["frame"] != 20:
+                replies.append(await recv_json(ws))
+        return replies
+
+    replies = run(scenario())
+    assert sum(r["dropped"] for r in replies) + len(replies) == 21
+    assert len(replies) <= 4  # the burst allowance, not 20 frames
+    assert limited.metric("emotion_stream_dropped_frames_total", reason="rate_limit") - before >= 15
+
+
+def test_cors(limited: LiveServer) -> None:
+    headers = {"Origin": "http://app.example", "Access-Control-Request-Method": "POST"}
+    resp = httpx.options(limited.url + "/v1/predict", headers=headers)
+    assert resp.headers.get("access-control-allow-origin") == "http://app.example"
+    resp = httpx.options(limited.url + "/v1/predict", headers={**headers, "Origin": "http://evil.example"})
+    assert "access-control-allow-origin" not in resp.headers
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tiny_checkpoint: Path) -> None:
+    monkeypatch.setenv("EMOTION_CHECKPOINT", str(tiny_checkpoint))
+    monkeypatch.setenv("EMOTION_API_KEYS", "first-key-123, second-key-456")
+    monkeypatch.setenv("EMOTION_CORS_ORIGINS", "http://a.example,http://b.example")
+    monkeypatch.setenv("EMOTION_MAX_WAIT_MS", "7.5")
+    s = Settings()
+    assert s.key_values() == ["first-key-123", "second-key-456"]
+    assert s.cors_origins == ["http://a.example", "http://b.example"] and s.max_wait_ms == 7.5
+    assert "first-key-123" not in repr(s)
+    assert s.max_body_bytes == 10 * 1024 * 1024 and s.max_pixels == 40_000_000
+    assert s.torch_device() == "cpu" or s.torch_device().startswith("cuda")
+    flags = load_settings(["--port", "9001", "--device", "cpu", "--max-batch-size", "4"])
+    assert (flags.port, flags.device, flags.max_batch_size, flags.max_wait_ms) == (9001, "cpu", 4, 7.5)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"checkpoint": "/nonexistent.safetensors"},
+        {"device": "tpu"},
+        {"max_batch_size": 0},
+        {"api_keys": "changeme"},
+        {"api_keys": "short"},
+        {"detector": "yolo"},
+        {"stream_max_fps": 0},
+    ],
+)
+def test_bad_settings_fail_at_startup(tiny_checkpoint: Path, bad: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        Settings(**{"checkpoint": tiny_checkpoint, **bad})
+
+
+def test_cli_reports_bad_config_without_echoing_keys(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("EMOTION_API_KEYS", "tiny")
+    assert main(["--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "api_keys" in err and "tiny" not in err
