@@ -14,6 +14,7 @@ from server.pipeline.detect import (
     Detections,
     DetectorWeightsError,
     FaceDetector,
+    SSDFaceDetector,
     build_detector,
     locate_weights,
 )
@@ -264,7 +265,10 @@ def test_clear_errors(tmp_path: Path) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu(ssd: FaceDetector, canvas: np.ndarray) -> None:
     cuda = build_detector(device="cuda")
+    assert isinstance(cuda, SSDFaceDetector) and isinstance(ssd, SSDFaceDetector)
     img = chw(canvas)
+    # The torch resize on the GPU gives the very blob cv2.resize gives on the CPU.
+    assert torch.equal(cuda.preprocess([img.cuda()]).cpu(), ssd.preprocess([img]).contiguous())
     (ref,) = ssd.detect([img])
     (got,) = cuda.detect([img.cuda()])
     assert len(got) == len(ref)

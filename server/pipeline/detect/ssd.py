@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -297,16 +299,30 @@ class SSDFaceDetector:
     def preprocess(self, images: list[torch.Tensor]) -> torch.Tensor:
         """``cv2.dnn.blobFromImage(bgr, 1.0, input_size, mean)`` for RGB tensors, as one batch.
 
-        The resize is :func:`cv2_resize_linear`, bit-exact with OpenCV, because the
-        SSD's low-confidence outputs are sensitive to single grey-level differences.
+        The resize must be OpenCV's, bit for bit: the SSD's weaker outputs move with
+        single grey-level differences. On the CPU that is ``cv2.resize`` itself, per
+        image (a batched resize gains nothing there and costs memory); on other devices
+        it is :func:`cv2_resize_linear`, its exact torch port.
         """
+        w, h = self.input_size
+        if self.device.type == "cpu":
+            batch = np.empty((len(images), h, w, 3), np.uint8)
+            for k, img in enumerate(images):
+                # Zero-copy for decoded frames, which are permuted views of HWC arrays.
+                hwc = np.ascontiguousarray(_as_rgb(img).cpu().permute(1, 2, 0).numpy())
+                batch[k] = (
+                    hwc
+                    if hwc.shape[:2] == (h, w)
+                    else cv2.resize(hwc, (w, h), interpolation=cv2.INTER_LINEAR)
+                )
+            nhwc = torch.from_numpy(batch).flip(-1).float() - self._mean.view(3)  # BGR, minus the mean
+            return nhwc.permute(0, 3, 1, 2)  # NCHW view of NHWC memory: channels_last, as the model wants
         imgs = [_as_rgb(img).to(self.device, non_blocking=True) for img in images]
         if all(img.shape == imgs[0].shape for img in imgs):
             x = cv2_resize_linear(torch.stack(imgs), self.input_size)
         else:
             x = torch.cat([cv2_resize_linear(img[None], self.input_size) for img in imgs])
-        x = x.flip(1).float() - self._mean  # RGB -> BGR, then the training mean
-        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cpu" else x
+        return x.flip(1).float() - self._mean  # RGB -> BGR, then the training mean
 
     def _prior_boxes(self, feature_sizes: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
         w, h = self.input_size
@@ -432,6 +448,11 @@ def _resize_plan(w: int, h: int, dw: int, dh: int, device: str) -> tuple[torch.T
 
 
 def _as_rgb(img: torch.Tensor) -> torch.Tensor:
-    if img.ndim != 3 or img.shape[0] not in (1, 3) or img.dtype != torch.uint8:
+    if (
+        img.ndim != 3
+        or img.shape[0] not in (1, 3)
+        or img.dtype != torch.uint8
+        or not img.shape[1] * img.shape[2]
+    ):
         raise ValueError(f"expected a (3, H, W) uint8 RGB image tensor, got {tuple(img.shape)} {img.dtype}")
     return img.expand(3, -1, -1) if img.shape[0] == 1 else img
