@@ -348,6 +348,7 @@ def load_converted(files: DetectorFiles, cache_dir: str | Path | None = None) ->
         state = convert_caffe(blobs, bn_eps_from_prototxt(prototxt_layers(files.prototxt)))
     except (OSError, ValueError, KeyError, IndexError) as exc:
         raise DetectorWeightsError(f"cannot read face-detector weights {files.caffemodel}: {exc}") from exc
+    tmp: str | None = None
     try:
         cache.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cache, suffix=".tmp")
@@ -355,6 +356,8 @@ def load_converted(files: DetectorFiles, cache_dir: str | Path | None = None) ->
         save_file(state, tmp, metadata={"source": files.caffemodel.name, "sha256": digest})
         os.replace(tmp, path)  # atomic: concurrent workers never read a half-written file
         log.info("cached converted face-detector weights at %s", path)
-    except OSError as exc:
+    except (OSError, SafetensorError) as exc:
         log.warning("could not cache detector weights in %s: %s", cache, exc)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
     return state
