@@ -7,11 +7,18 @@ own connection shutdown (which would send 1012) runs.
 
 from __future__ import annotations
 
+import os
+
+# Before torch loads its OpenMP runtime: idle OpenMP threads otherwise spin and, on a
+# small or shared CPU, steal the cores from decoding and the event loop (docs/detection.md).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import logging
 import re
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +28,7 @@ from pydantic import ValidationError
 
 from server.app import create_app
 from server.config import Settings
-from server.runtime import Runtime
+from server.runtime import Runtime, build_pipeline
 
 #: Extra room over the frame limit so the app, not uvicorn, rejects big frames (with a reason).
 WS_SIZE_SLACK = 1024 * 1024
@@ -88,7 +95,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--detector", choices=["ssd", "haar"], help="face detector (EMOTION_DETECTOR, default ssd)"
     )
-    p.add_argument("--detector-input-size", type=int, help="detector input side in pixels (default 300)")
+    p.add_argument("--detector-input-size", help="detector input, WxH or one side (default 300x300)")
     p.add_argument("--score-threshold", type=float, help="default minimum detector score (default 0.5)")
     p.add_argument("--max-faces", type=int, help="default and maximum faces per image (default 10)")
     p.add_argument("--max-batch-size", type=int, help="images per model batch (default 16)")
@@ -97,18 +104,35 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream-max-fps", type=float, help="per-stream frame-rate cap (default 30)")
     p.add_argument("--torch-threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--log-level", help="critical | error | warning | info | debug")
+    p.add_argument(
+        "--warmup-only",
+        action="store_true",
+        help="load the models, run one warm-up batch (filling the detector cache) and exit; for image builds",
+    )
     return p
 
 
-def load_settings(argv: Sequence[str] | None = None) -> Settings:
-    args = get_parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if v is not None}
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k != "warmup_only"}
     return Settings(**overrides)
 
 
+def load_settings(argv: Sequence[str] | None = None) -> Settings:
+    return settings_from(get_parser().parse_args(argv))
+
+
+def warmup_only(settings: Settings) -> int:
+    start = time.perf_counter()
+    device = settings.torch_device()
+    build_pipeline(settings, device).warmup()
+    print(f"emotion-server: models loaded and warmed up on {device} in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    args = get_parser().parse_args(argv)
     try:
-        settings = load_settings(argv)
+        settings = settings_from(args)
     except ValidationError as exc:
         # include_input=False: inputs may be API keys, which must not reach logs.
         lines = [
@@ -120,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.warmup_only:
+        return warmup_only(settings)
     try:
         app = create_app(settings)
     except (OSError, ValueError) as exc:  # e.g. a checkpoint that is not one

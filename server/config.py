@@ -62,8 +62,8 @@ class Settings(BaseSettings):
     checkpoint: Path = DEFAULT_CHECKPOINT
 
     detector: Literal["ssd", "haar"] = "ssd"
-    detector_input_size: int = Field(
-        default=300, ge=64, le=2048, description="Detector network input side (pixels)."
+    detector_input_size: Annotated[tuple[int, int], NoDecode] = Field(
+        default=(300, 300), description="Detector network input, WxH or one side: 300, 320x240, 160x120."
     )
     score_threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="Default minimum detector score.")
     max_faces: int = Field(
@@ -98,6 +98,28 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     _split = field_validator("api_keys", "cors_origins", mode="before")(_split_csv)
+
+    @field_validator("detector_input_size", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> object:
+        """``300`` -> (300, 300); ``"320x240"`` -> (320, 240)."""
+        if isinstance(value, int):
+            return (value, value)
+        if isinstance(value, str):
+            parts = value.lower().replace(" ", "").split("x")
+            if len(parts) == 1:
+                parts *= 2
+            if len(parts) != 2 or not all(p.isdigit() for p in parts):
+                raise ValueError(f"expected WxH or one side, e.g. 300 or 320x240, not {value!r}")
+            return (int(parts[0]), int(parts[1]))
+        return value
+
+    @field_validator("detector_input_size")
+    @classmethod
+    def _size_range(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if not all(32 <= side <= 2048 for side in value):
+            raise ValueError("detector input sides must be within 32..2048 pixels")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

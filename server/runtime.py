@@ -80,7 +80,7 @@ def build_pipeline(settings: Settings, device: str) -> Pipeline:
         score_threshold=settings.score_threshold,
         max_faces=settings.max_faces,
         min_face_size=settings.min_face_size,
-        input_size=(settings.detector_input_size, settings.detector_input_size),
+        input_size=settings.detector_input_size,
     )
     return Pipeline(classifier, detector, device)
 
@@ -188,7 +188,7 @@ class Runtime:
             },
             "detector": {
                 "kind": s.detector,
-                "input_size": s.detector_input_size,
+                "input_size": "{}x{}".format(*s.detector_input_size),
                 "score_threshold": s.score_threshold,
                 "min_face_size": s.min_face_size,
                 "max_faces": s.max_faces,

@@ -61,7 +61,7 @@ class ModelInfo(BaseModel):
 
 class DetectorInfo(BaseModel):
     kind: str
-    input_size: int
+    input_size: str = Field(description="Network input, WxH.")
     score_threshold: float
     min_face_size: int
     max_faces: int
