@@ -56,7 +56,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--single-frames", type=int, default=100, help="frames for the lock-step single stream")
     p.add_argument("--torch-threads", type=int, help="EMOTION_TORCH_THREADS for the server")
     p.add_argument("--max-wait-ms", type=float, help="EMOTION_MAX_WAIT_MS for the server")
-    p.add_argument("--detector-input-size", type=int, help="EMOTION_DETECTOR_INPUT_SIZE for the server")
+    p.add_argument("--detector-input-size", help="EMOTION_DETECTOR_INPUT_SIZE for the server, e.g. 160x120")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     p.add_argument("--no-write", action="store_true", help="print only")
     p.add_argument("--note", default="", help="a sentence written above the table (e.g. 'preliminary')")
@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> None:
     setup = (
         f"Model {info['model']['name']} {info['model']['version']} (stem {info['model']['stem']}, "
         f"{info['model']['input_size']}px), detector {info['detector']['kind']} at "
-        f"{info['detector']['input_size']}px, device {info['device']}, max batch "
+        f"{info['detector']['input_size']}, device {info['device']}, max batch "
         f"{info['limits']['max_batch_size']}, max wait {info['limits']['max_wait_ms']} ms; "
         f"frame {meta['frame_bytes'] / 1024:.0f} KiB JPEG; server idle RSS {meta['idle_rss_mb']:.0f} MiB."
     )

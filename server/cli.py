@@ -61,8 +61,9 @@ class GracefulServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         app = self.config.app
         runtime: Runtime | None = getattr(getattr(app, "state", None), "runtime", None)
+        for server in self.servers:  # stop accepting first; uvicorn's own shutdown repeats this harmlessly
+            server.close()
         if runtime is not None:
-            runtime.ready = False
             await runtime.streams.close_all(1001, "server shutting down", runtime.settings.shutdown_timeout_s)
         await super().shutdown(sockets)
 

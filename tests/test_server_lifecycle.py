@@ -137,8 +137,8 @@ def test_frames_over_the_fps_cap_are_dropped_and_counted(limited: LiveServer, as
 
     replies = run(scenario())
     assert sum(r["dropped"] for r in replies) + len(replies) == 21
-    assert len(replies) <= 4  # the burst allowance, not 20 frames
-    assert limited.metric("emotion_stream_dropped_frames_total", reason="rate_limit") - before >= 15
+    assert len(replies) <= 6  # the burst allowance (plus refill while sending), not 21 frames
+    assert limited.metric("emotion_stream_dropped_frames_total", reason="rate_limit") - before >= 12
 
 
 def test_cors(limited: LiveServer) -> None:

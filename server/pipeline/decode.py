@@ -79,10 +79,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
     if img.mode in _SIXTEEN_BIT or img.mode in ("I", "F"):
-        arr = np.asarray(img)
-        # 16-bit PNGs keep the full range; Pillow's own convert would clip at 255.
-        scaled = arr.astype(np.float32) / 257.0 if img.mode != "F" and arr.max(initial=0) > 255 else arr
-        gray = np.clip(scaled, 0, 255).astype(np.uint8)
+        arr = np.asarray(img).astype(np.float32)
+        # 16-bit data keeps its full range (Pillow's own convert would clip at 255). Mode "I"
+        # (32-bit, which some 16-bit files open as) is scaled when it holds values over 255.
+        if img.mode in _SIXTEEN_BIT or (img.mode == "I" and arr.max(initial=0) > 255):
+            arr /= 257.0
+        gray = np.clip(arr, 0, 255).astype(np.uint8)
         return Image.fromarray(gray, "L").convert("RGB")
     if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
