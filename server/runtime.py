@@ -103,6 +103,8 @@ class Runtime:
         self._factory = pipeline_factory
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self._load_task: asyncio.Task[None] | None = None
+        #: Images being decoded: the only ones that could still join a batch that is forming.
+        self._decoding = 0
 
     async def start(self) -> None:
         """Begin loading in the background; returns at once so the server can answer /healthz."""
@@ -131,6 +133,7 @@ class Runtime:
             max_wait_ms=self.settings.max_wait_ms,
             max_queue=self.settings.max_queue,
             on_batch=self.metrics.batch_size.observe,
+            more_coming=lambda: self._decoding > 0,
             name="model",
         )
         self.batcher.start()
@@ -157,7 +160,11 @@ class Runtime:
     async def decode(self, data: bytes, formats: Sequence[str] = SUPPORTED_FORMATS) -> DecodedImage:
         """Decode on the thread pool: Pillow releases the GIL, so decodes overlap each other and the model."""
         fn = partial(decode_image, data, max_pixels=self.settings.max_pixels, formats=formats)
-        image = await asyncio.get_running_loop().run_in_executor(self._decode_pool, fn)
+        self._decoding += 1
+        try:
+            image = await asyncio.get_running_loop().run_in_executor(self._decode_pool, fn)
+        finally:
+            self._decoding -= 1
         self.metrics.stage_latency.labels(stage="decode").observe(image.decode_ms / 1000.0)
         return image
 

@@ -51,6 +51,22 @@ def test_max_wait_bounds_latency_of_a_lone_item() -> None:
     assert run(main()) < 1.0
 
 
+def test_no_waiting_when_nothing_else_is_coming() -> None:
+    async def main() -> float:
+        batcher: Batcher[int, int] = Batcher(
+            lambda xs: xs, max_batch_size=64, max_wait_ms=5000, more_coming=lambda: False
+        )
+        batcher.start()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        assert await batcher.submit(1) == 1
+        elapsed = loop.time() - t0
+        await batcher.stop()
+        return elapsed
+
+    assert run(main()) < 2.0  # far below the 5 s window
+
+
 def test_failure_reaches_every_caller_of_the_batch_and_the_next_batch_works() -> None:
     calls = 0
 

@@ -45,8 +45,11 @@ class Batcher(Generic[T, R]):
         max_wait_ms: float,
         max_queue: int = 1024,
         on_batch: Callable[[int], None] | None = None,
+        more_coming: Callable[[], bool] | None = None,
         name: str = "batcher",
     ) -> None:
+        """``more_coming()`` says whether items may arrive soon (e.g. requests still decoding);
+        when it returns False the batch runs at once instead of waiting out ``max_wait_ms``."""
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self._fn = fn
@@ -54,6 +57,7 @@ class Batcher(Generic[T, R]):
         self.max_wait = max(0.0, max_wait_ms) / 1000.0
         self.max_queue = max_queue
         self._on_batch = on_batch
+        self._more_coming = more_coming
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
         self._inflight: list[asyncio.Future[R]] = []
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
@@ -95,6 +99,8 @@ class Batcher(Generic[T, R]):
                 continue
             except asyncio.QueueEmpty:
                 pass
+            if self._more_coming is not None and not self._more_coming():
+                break  # nobody else is on the way: waiting would only add latency
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
