@@ -6,7 +6,7 @@ Nothing happens at import time; all state hangs off ``app.state.runtime``, so te
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -25,28 +25,32 @@ WEB_DIR = Path(__file__).resolve().parent / "api" / "web"
 ROUTES = frozenset({"/", "/healthz", "/readyz", "/metrics", "/v1/info", "/v1/predict"})
 
 
-def web_router(folder: Path) -> APIRouter:
-    """The browser page: ``/`` is index.html, other files of the folder by name.
+def _file_endpoint(path: Path) -> Callable[[], Awaitable[FileResponse]]:
+    async def endpoint() -> FileResponse:
+        return FileResponse(path)
 
-    Explicit routes rather than a catch-all mount at ``/``, which would turn a wrong
-    method on an API route (405) into a 404. Only files present at startup are
-    served, so no path can reach outside the folder.
+    return endpoint
+
+
+def web_router(folder: Path) -> APIRouter:
+    """The browser page: ``/`` is index.html, every other file of the folder at its relative path.
+
+    One route per file found at startup rather than a catch-all mount at ``/``, which
+    would turn a wrong method on an API route (405) into a 404, and no request path
+    can reach outside the folder.
     """
     router = APIRouter(include_in_schema=False)
-    files = {p.name: p for p in folder.iterdir() if p.is_file()} if folder.is_dir() else {}
+    files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+    index_html = folder / "index.html"
 
     @router.get("/")
     async def index() -> FileResponse:
-        if "index.html" not in files:
+        if index_html not in files:
             raise HTTPException(404, "browser page not installed")
-        return FileResponse(files["index.html"])
+        return FileResponse(index_html)
 
-    @router.get("/{name}")
-    async def asset(name: str) -> FileResponse:
-        if name not in files:
-            raise HTTPException(404, "Not Found")
-        return FileResponse(files[name])
-
+    for path in files:
+        router.add_api_route("/" + path.relative_to(folder).as_posix(), _file_endpoint(path), methods=["GET"])
     return router
 
 
