@@ -72,7 +72,9 @@ class StreamResult(_Model):
 class StreamControl(_Model):
     """Optional JSON text message a stream client may send at any time."""
 
-    smoothing: float | None = Field(default=None, ge=0.0, lt=1.0, description="EMA factor for per-track scores.")
+    smoothing: float | None = Field(
+        default=None, ge=0.0, lt=1.0, description="EMA factor for per-track scores."
+    )
     max_faces: int | None = Field(default=None, ge=1, le=100)
     min_confidence: float | None = Field(default=None, ge=0.0, le=1.0)
     detect: bool | None = None

@@ -39,9 +39,7 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | No
     flip = torch.where(rand(n) < 0.5, -1.0, 1.0) if cfg.hflip else torch.ones(n, device=dev)
     tx, ty = ((rand(2, n) * 2 - 1) * cfg.translate * 2).unbind(0)  # affine_grid spans [-1, 1]
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack(
-        [torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1
-    )
+    theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -60,8 +58,10 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | No
         ys = torch.arange(h, device=dev).view(1, h, 1)
         xs = torch.arange(w, device=dev).view(1, 1, w)
         box = (
-            (ys >= y0.view(n, 1, 1)) & (ys < (y0 + eh).view(n, 1, 1))
-            & (xs >= x0.view(n, 1, 1)) & (xs < (x0 + ew).view(n, 1, 1))
+            (ys >= y0.view(n, 1, 1))
+            & (ys < (y0 + eh).view(n, 1, 1))
+            & (xs >= x0.view(n, 1, 1))
+            & (xs < (x0 + ew).view(n, 1, 1))
         )
         box &= (rand(n) < cfg.erase_p).view(n, 1, 1)
         out = torch.where(box.unsqueeze(1), rand(n, 1, h, w), out)

@@ -47,14 +47,24 @@ class FaceDataset:
     images: np.ndarray
     labels: np.ndarray  # int64 index into EMOTIONS
     splits: np.ndarray  # str, one of SPLITS
-    skipped: dict[str, int] = field(default_factory=dict)  # unknown class name -> count
+    #: split -> {unknown class name -> count}: images not loaded because their class is not an emotion
+    skipped: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, *split_names: str) -> FaceDataset:
         mask = np.isin(self.splits, split_names)
-        return FaceDataset(self.images[mask], self.labels[mask], self.splits[mask], dict(self.skipped))
+        skipped = {s: dict(c) for s, c in self.skipped.items() if s in split_names}
+        return FaceDataset(self.images[mask], self.labels[mask], self.splits[mask], skipped)
+
+    def skipped_counts(self) -> dict[str, int]:
+        """Unknown class name -> images skipped, over the splits this dataset holds."""
+        total: dict[str, int] = {}
+        for counts in self.skipped.values():
+            for cls, n in counts.items():
+                total[cls] = total.get(cls, 0) + n
+        return total
 
     def split_counts(self) -> dict[str, int]:
         names, counts = np.unique(self.splits, return_counts=True)
@@ -85,28 +95,38 @@ def _split_from_name(filename: str) -> str | None:
     return None
 
 
-def _build(records: Iterable[tuple[str, str | None, bytes]], size: int) -> FaceDataset:
-    """records: (class folder name, split or None, encoded image bytes)."""
+def _build(records: Iterable[tuple[str, str | None, str, bytes]], size: int) -> FaceDataset:
+    """records: (class folder name, split or None, relative path, encoded image bytes).
+
+    Samples are ordered by path so a folder and its archive give the same dataset
+    (and the same fingerprint) whatever order the archive stores members in.
+    """
     images: list[np.ndarray] = []
     labels: list[int] = []
     splits: list[str] = []
-    skipped: dict[str, int] = {}
-    for cls, split, blob in records:
+    skipped: dict[str, dict[str, int]] = {}
+    for cls, split, _, blob in sorted(records, key=lambda r: r[2]):
         name = canonical_emotion(cls)
         if name is None:
-            skipped[cls] = skipped.get(cls, 0) + 1
+            per_split = skipped.setdefault(split or "test", {})
+            per_split[cls] = per_split.get(cls, 0) + 1
             continue
         images.append(_to_gray(blob, size))
         labels.append(EMOTIONS.index(name))
         splits.append(split or "test")
     if not labels:
-        raise DatasetError("no images of a known emotion class were found" + (f" (skipped {skipped})" if skipped else ""))
+        raise DatasetError(f"no images of a known emotion class were found (skipped {skipped})")
     return FaceDataset(
-        np.stack(images), np.asarray(labels, dtype=np.int64), np.asarray(splits, dtype=object).astype(str), skipped
+        np.stack(images),
+        np.asarray(labels, dtype=np.int64),
+        np.asarray(splits, dtype=object).astype(str),
+        skipped,
     )
 
 
-def _tree_records(paths: Iterable[tuple[PurePosixPath, bytes | Path]]) -> Iterator[tuple[str, str | None, bytes]]:
+def _tree_records(
+    paths: Iterable[tuple[PurePosixPath, bytes | Path]],
+) -> Iterator[tuple[str, str | None, str, bytes]]:
     """Interpret relative paths as ``[train|test/]<class>/<file>``."""
     for rel, payload in paths:
         if rel.suffix.lower() not in IMAGE_SUFFIXES or len(rel.parts) < 2:
@@ -118,7 +138,7 @@ def _tree_records(paths: Iterable[tuple[PurePosixPath, bytes | Path]]) -> Iterat
             split = {"train": "train", "training": "train", "test": "test", "testing": "test"}.get(top)
             split = split or {"val": "val", "valid": "val", "validation": "val"}.get(top)
         blob = payload.read_bytes() if isinstance(payload, Path) else payload
-        yield cls, split, blob
+        yield cls, split, rel.as_posix().lstrip("./"), blob
 
 
 def _iter_folder(root: Path) -> Iterator[tuple[PurePosixPath, bytes | Path]]:
@@ -156,7 +176,7 @@ def _load_csv(path: Path, size: int) -> FaceDataset:
             if not row:
                 continue
             pixels = np.array(row[i_pixels].split(), dtype=np.uint8)
-            side = int(round(len(pixels) ** 0.5))
+            side = round(len(pixels) ** 0.5)
             if side * side != len(pixels):
                 raise DatasetError(f"{path}: a row has {len(pixels)} pixels, not a square image")
             img = pixels.reshape(side, side)
@@ -181,7 +201,7 @@ def _carve_val(ds: FaceDataset, fraction: float, seed: int) -> FaceDataset:
     for label in np.unique(ds.labels):
         idx = np.flatnonzero((ds.labels == label) & (splits == "train")).tolist()
         rng.shuffle(idx)
-        for i in idx[: int(round(len(idx) * fraction))]:
+        for i in idx[: round(len(idx) * fraction)]:
             splits[i] = "val"
     return FaceDataset(ds.images, ds.labels, splits, ds.skipped)
 
@@ -197,9 +217,15 @@ def load_dataset(path: str | Path, size: int = 48, val_fraction: float = 0.1, se
         ds = _build(_tree_records(_iter_tar(path)), size)
     elif path.is_dir():
         csvs = sorted(path.glob("*.csv"))
-        ds = _load_csv(csvs[0], size) if csvs and not any(path.glob("*/")) else _build(_tree_records(_iter_folder(path)), size)
+        ds = (
+            _load_csv(csvs[0], size)
+            if csvs and not any(path.glob("*/"))
+            else _build(_tree_records(_iter_folder(path)), size)
+        )
     else:
-        raise DatasetError(f"{path}: expected a FER2013 CSV, a .tar(.gz) archive or a folder of class folders")
+        raise DatasetError(
+            f"{path}: expected a FER2013 CSV, a .tar(.gz) archive or a folder of class folders"
+        )
     present = set(ds.splits.tolist())
     if "train" in present and not present & {"val", "public"}:
         ds = _carve_val(ds, val_fraction, seed)

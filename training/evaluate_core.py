@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 from torch import nn
 
@@ -21,13 +22,20 @@ def predict_proba(
     device: torch.device | str = "cpu",
     batch_size: int = 512,
     tta: str = "none",
+    size: int | None = None,
 ) -> np.ndarray:
-    """Softmax scores (N, C) for uint8 faces (N, S, S); ``tta="flip"`` averages with the mirror image."""
+    """Softmax scores (N, C) for uint8 faces (N, S, S); ``tta="flip"`` averages with the mirror image.
+
+    ``size`` resizes the faces first (progressive-resizing epochs are validated at the size they train at).
+    """
     model.eval()
     x_all = torch.as_tensor(images)
     out = []
     for i in range(0, len(x_all), batch_size):
-        x = normalize(x_all[i : i + batch_size].to(device).unsqueeze(1), mean, std)
+        x = x_all[i : i + batch_size].to(device).unsqueeze(1).float()
+        if size is not None and size != x.shape[-1]:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        x = normalize(x, mean, std)
         x = x.contiguous(memory_format=torch.channels_last)
         p = model(x).float().softmax(1)
         if tta == "flip":
@@ -59,7 +67,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[
             "auc": auc,
         }
     return {
-        "n": int(len(y_true)),
+        "n": len(y_true),
         "accuracy": float((y_pred == y_true).mean()) if len(y_true) else 0.0,
         "macro_f1": float(np.mean([f1[i] for i in present])) if present else 0.0,
         "per_class": per_class,

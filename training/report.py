@@ -8,8 +8,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def plot_curves(log_path: Path, out: Path) -> Path:
@@ -42,8 +42,15 @@ def plot_confusion(cm: list[list[int]], classes: list[str], out: Path, title: st
     ax.set_ylabel("true")
     for i in range(len(classes)):
         for j in range(len(classes)):
-            ax.text(j, i, f"{norm[i, j]:.2f}\n{int(m[i, j])}", ha="center", va="center", fontsize=7,
-                    color="white" if norm[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                f"{norm[i, j]:.2f}\n{int(m[i, j])}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if norm[i, j] > 0.5 else "black",
+            )
     ax.set_title(title or "confusion matrix (row-normalised)")
     fig.tight_layout()
     fig.savefig(out, dpi=110)

@@ -21,7 +21,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from server.model.checkpoint import CheckpointMeta, save_checkpoint
+from server.model.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from server.model.resnet import STEMS, build_resnet18
 from server.pipeline.preprocess import normalize
 from shared.emotions import EMOTIONS
@@ -39,6 +39,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", default=",".join(EMOTIONS), help="comma list, e.g. happy,neutral,surprise")
     p.add_argument("--epochs", type=int, default=130)
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument(
+        "--opt", choices=("sgd", "adamw"), default="sgd", help="SGD+Nesterov, or AdamW (faster start)"
+    )
     p.add_argument("--lr", type=float, default=0.1, help="peak learning rate of the one-cycle schedule")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
@@ -46,7 +49,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--stem", choices=STEMS, default="s2")
     p.add_argument("--input-size", type=int, default=48)
     p.add_argument(
-        "--train-sizes", default="",
+        "--train-sizes",
+        default="",
         help="progressive resizing, e.g. 32,40,48: epochs split evenly, last size must equal --input-size",
     )
     p.add_argument("--mixup", type=float, default=0.0, help="MixUp alpha (0 = off)")
@@ -59,7 +63,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="use at most N samples per split (smoke tests)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (same arguments)")
+    p.add_argument(
+        "--init-from",
+        metavar="CHECKPOINT",
+        help="start from these weights (same classes, stem) with a fresh optimizer and schedule",
+    )
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=0,
+        help="stop after N epochs of this invocation (time-boxed jobs); continue later with --resume",
+    )
     p.add_argument("--name", default="emotion-resnet18")
     return p
 
@@ -109,7 +124,9 @@ def train_one_epoch(
     steps = len(labels) // args.batch_size  # drop the ragged last batch: keeps BN statistics sane
     use_amp = device.type == "cuda"
     total_loss, correct, seen = 0.0, 0, 0
-    bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{args.epochs} @{size}px", leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        range(steps), desc=f"epoch {epoch + 1}/{args.epochs} @{size}px", leave=False, dynamic_ncols=True
+    )
     for step in bar:
         idx = perm[step * args.batch_size : (step + 1) * args.batch_size]
         x = images[idx].unsqueeze(1).float() / 255.0
@@ -124,7 +141,9 @@ def train_one_epoch(
             x, target = mixer(x, y)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             logits = model(x)
-        loss = F.cross_entropy(logits.float(), target, weight=loss_weight, label_smoothing=args.label_smoothing)
+        loss = F.cross_entropy(
+            logits.float(), target, weight=loss_weight, label_smoothing=args.label_smoothing
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -134,16 +153,20 @@ def train_one_epoch(
         total_loss += loss.item() * len(y)
         correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{sched.get_last_lr()[0]:.4f}")
+        bar.set_postfix(
+            loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{sched.get_last_lr()[0]:.4f}"
+        )
     return {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1)}
 
 
-def evaluate(model: nn.Module, ds: FaceDataset, device: torch.device, tta: str) -> float:
-    proba = predict_proba(model, ds.images, MEAN, STD, device=device, tta=tta)
+def evaluate(model: nn.Module, ds: FaceDataset, device: torch.device, tta: str, size: int) -> float:
+    proba = predict_proba(model, ds.images, MEAN, STD, device=device, tta=tta, size=size)
     return float((proba.argmax(1) == ds.labels).mean())
 
 
-def make_meta(args: argparse.Namespace, classes: list[str], fingerprint: str, metrics: dict[str, Any]) -> CheckpointMeta:
+def make_meta(
+    args: argparse.Namespace, classes: list[str], fingerprint: str, metrics: dict[str, Any]
+) -> CheckpointMeta:
     return CheckpointMeta(
         name=args.name,
         version=time.strftime("%Y%m%d"),
@@ -152,7 +175,7 @@ def make_meta(args: argparse.Namespace, classes: list[str], fingerprint: str, me
         input_size=args.input_size,
         mean=MEAN,
         std=STD,
-        train_config={k: v for k, v in vars(args).items() if k not in {"resume"}},
+        train_config={k: v for k, v in vars(args).items() if k not in {"resume", "stop_after"}},
         data_fingerprint=fingerprint,
         metrics=metrics,
     )
@@ -188,20 +211,43 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.limit:
         train, val = (_sample(d, args.limit, args.seed) for d in (train, val))
     if len(train) < args.batch_size or len(val) == 0:
-        raise SystemExit(f"need >= {args.batch_size} training and >= 1 validation images, got {len(train)}/{len(val)}")
+        raise SystemExit(
+            f"need >= {args.batch_size} training and >= 1 validation images, got {len(train)}/{len(val)}"
+        )
     print(f"data {args.data}: {ds.split_counts()} fingerprint {fingerprint}; device {device}", flush=True)
 
     images = torch.from_numpy(train.images).to(device)
     labels = torch.from_numpy(train.labels).to(device)
-    model = build_resnet18(len(classes), 1, args.stem).to(device, memory_format=torch.channels_last)
-    opt = torch.optim.SGD(
-        model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, nesterov=True
-    )
+    model = build_resnet18(len(classes), 1, args.stem)
+    if args.init_from:
+        init, init_meta = load_checkpoint(args.init_from)
+        if init_meta.classes != classes or init_meta.stem != args.stem:
+            raise SystemExit(
+                f"--init-from has classes {init_meta.classes} / stem {init_meta.stem}; this run needs "
+                f"{classes} / {args.stem}"
+            )
+        model.load_state_dict(init.state_dict())
+    model = model.to(device).to(memory_format=torch.channels_last)
+    opt: torch.optim.Optimizer
+    if args.opt == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    else:
+        opt = torch.optim.SGD(
+            model.parameters(),
+            lr=args.lr,
+            momentum=args.momentum,
+            weight_decay=args.weight_decay,
+            nesterov=True,
+        )
     steps_per_epoch = len(train) // args.batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=0.25
     )
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True)
+        if args.ema
+        else None
+    )
     loss_weight = None
     if args.class_weights == "inv-sqrt":
         counts = np.bincount(train.labels, minlength=len(classes)).clip(min=1)
@@ -214,7 +260,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         mixers.append(v2.CutMix(alpha=args.cutmix, num_classes=len(classes)))
     mixer = v2.RandomChoice(mixers) if mixers else None
 
-    start_epoch, best = 0, {"val_acc": -1.0}
+    start_epoch, best = 0, dict[str, Any](val_acc=-1.0)
     state_path = out / "last.pt"
     if args.resume and state_path.exists():
         # weights_only: resume state is our own, but never unpickle arbitrary objects anyway
@@ -231,19 +277,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     log_path = out / "log.jsonl"
     t_start = time.perf_counter()
-    for epoch in range(start_epoch, args.epochs):
+    end_epoch = min(args.epochs, start_epoch + args.stop_after) if args.stop_after else args.epochs
+    for epoch in range(start_epoch, end_epoch):
         t0 = time.perf_counter()
         size = size_for_epoch(epoch, args.epochs, sizes)
         row: dict[str, Any] = {"epoch": epoch + 1, "size": size, "lr": sched.get_last_lr()[0]}
-        row |= train_one_epoch(model, ema, opt, sched, images, labels, args, size, loss_weight, mixer, gen, epoch)
+        row |= train_one_epoch(
+            model, ema, opt, sched, images, labels, args, size, loss_weight, mixer, gen, epoch
+        )
         candidates: dict[str, nn.Module] = {"raw": model}
         if ema is not None:
             candidates["ema"] = ema.module
         for tag, m in candidates.items():
-            row[f"val_acc_{tag}"] = evaluate(m, val, device, args.val_tta)
+            row[f"val_acc_{tag}"] = evaluate(m, val, device, args.val_tta, size)
         tag, acc = max(((t, row[f"val_acc_{t}"]) for t in candidates), key=lambda kv: kv[1])
         row["epoch_s"] = time.perf_counter() - t0
-        if acc > best["val_acc"]:
+        # A model is only selectable once it trains at the size its checkpoint declares:
+        # BN statistics and receptive fields from smaller epochs do not transfer to input_size.
+        if size == args.input_size and acc > best["val_acc"]:
             best = {"val_acc": acc, "epoch": epoch + 1, "weights": tag, "val_tta": args.val_tta}
             meta = make_meta(args, classes, fingerprint, {"validation": best})
             save_checkpoint(out / "best.safetensors", candidates[tag], meta)

@@ -35,9 +35,13 @@ class CropSpec(BaseModel):
     """How a detector box becomes a classifier input (the framing FER2013 faces have)."""
 
     model_config = ConfigDict(extra="forbid")
-    margin: float = Field(0.2, ge=0.0, le=1.0, description="Fraction of the square side added on each side.")
+    margin: float = Field(
+        default=0.2, ge=0.0, le=1.0, description="Fraction of the square side added on each side."
+    )
     square: bool = True
-    y_shift: float = Field(0.0, ge=-0.5, le=0.5, description="Shift of the crop centre, fraction of side.")
+    y_shift: float = Field(
+        default=0.0, ge=-0.5, le=0.5, description="Shift of the crop centre, fraction of side."
+    )
 
 
 class CheckpointMeta(BaseModel):
@@ -48,7 +52,7 @@ class CheckpointMeta(BaseModel):
     arch: str = "resnet18"
     stem: str = "s2"
     classes: list[str]
-    input_size: int = Field(48, ge=8, le=512)
+    input_size: int = Field(default=48, ge=8, le=512)
     in_channels: int = 1
     mean: float = 0.5
     std: float = 0.25
@@ -105,7 +109,9 @@ def read_meta(path: str | Path) -> CheckpointMeta:
     return meta
 
 
-def load_checkpoint(path: str | Path = DEFAULT_CHECKPOINT, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
+def load_checkpoint(
+    path: str | Path = DEFAULT_CHECKPOINT, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, CheckpointMeta]:
     """Rebuild the model from its metadata and load the weights (fp32, eval mode)."""
     path = Path(path)
     meta = read_meta(path)

@@ -17,7 +17,9 @@ class EmotionClassifier:
     probabilities are (N, C) in ``meta.classes`` order.
     """
 
-    def __init__(self, checkpoint: str | Path = DEFAULT_CHECKPOINT, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, checkpoint: str | Path = DEFAULT_CHECKPOINT, device: str | torch.device = "cpu"
+    ) -> None:
         self.device = torch.device(device)
         self.model, self.meta = load_checkpoint(checkpoint, self.device)
         self.model = self.model.to(memory_format=torch.channels_last)
@@ -38,7 +40,9 @@ class EmotionClassifier:
     def predict(self, crops: torch.Tensor) -> torch.Tensor:
         if crops.shape[0] == 0:
             return torch.zeros((0, len(self.classes)))
-        x = normalize(crops.to(self.device), self.meta.mean, self.meta.std).contiguous(memory_format=torch.channels_last)
+        x = normalize(crops.to(self.device), self.meta.mean, self.meta.std).contiguous(
+            memory_format=torch.channels_last
+        )
         if self.half:
             x = x.half()
         return self.model(x).float().softmax(1).cpu()

@@ -1,0 +1,123 @@
+"""One-epoch smoke training on CPU, resume, the 3-class mode, and emotion-eval's outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from server.model.checkpoint import load_checkpoint
+from training import evaluate, train
+
+
+def _dataset(root: Path, classes: dict[str, int]) -> Path:
+    """Tiny FER-layout tree whose classes are visually separable (brightness + stripe pattern)."""
+    rng = np.random.default_rng(0)
+    for k, cls in enumerate(classes):
+        for split, prefix, n in (
+            ("train", "Training", classes[cls]),
+            ("test", "PublicTest", 6),
+            ("test", "PrivateTest", 6),
+        ):
+            d = root / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = rng.integers(0, 60, (48, 48)) + 60 * k
+                img[:, k * 8 : k * 8 + 6] = 255
+                Image.fromarray(img.astype(np.uint8)).save(d / f"{prefix}_{k}_{i}.jpg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_fer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _dataset(
+        tmp_path_factory.mktemp("fer"), {"happy": 40, "neutral": 40, "surprise": 40, "contempt": 5}
+    )
+
+
+def test_one_epoch_then_resume(tiny_fer: Path, tmp_path: Path) -> None:
+    args = [
+        "--data",
+        str(tiny_fer),
+        "--out",
+        str(tmp_path),
+        "--batch-size",
+        "16",
+        "--ema",
+        "0.9",
+        "--classes",
+        "happy,neutral,surprise",
+        "--mixup",
+        "0.2",
+        "--cutmix",
+        "1.0",
+        "--train-sizes",
+        "32,48",
+        "--epochs",
+        "2",
+    ]
+    first = train.run(train.get_args_parser().parse_args([*args, "--stop-after", "1"]))
+    # epoch 1 trains at 32 px: not selectable for a 48 px checkpoint
+    assert first["best"]["val_acc"] < 0 and not (tmp_path / "best.safetensors").exists()
+    assert (tmp_path / "last.pt").exists()
+    # resume continues at epoch 2 of 2 instead of starting over
+    second = train.run(train.get_args_parser().parse_args([*args, "--resume"]))
+    assert second["best"]["epoch"] == 2
+    log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    assert [r["size"] for r in log] == [32, 48]
+    _, meta = load_checkpoint(tmp_path / "best.safetensors")
+    assert meta.classes == ["happy", "neutral", "surprise"] and meta.data_fingerprint
+    assert meta.train_config["classes"] == "happy,neutral,surprise" and meta.input_size == 48
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_eval_writes_metrics_report_and_skips_unknown(tiny_fer: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train.main(
+        [
+            "--data",
+            str(tiny_fer),
+            "--out",
+            str(out),
+            "--batch-size",
+            "16",
+            "--epochs",
+            "3",
+            "--classes",
+            "happy,neutral",
+            "--lr",
+            "0.05",
+        ]
+    )
+    eval_dir = tmp_path / "eval"
+    evaluate.main(
+        [
+            "--data",
+            str(tiny_fer),
+            "--checkpoint",
+            str(out / "best.safetensors"),
+            "--out",
+            str(eval_dir),
+            "--split",
+            "private",
+            "--tta",
+            "flip",
+            "--bundle",
+            str(tmp_path / "bundled.safetensors"),
+        ]
+    )
+    m = json.loads((eval_dir / "metrics.json").read_text())
+    assert m["split"] == "private" and m["tta"] == "flip"
+    assert m["n"] == 12  # 6 happy + 6 neutral PrivateTest images; surprise/contempt are not model classes
+    assert m["skipped"] == {"contempt": 6, "surprise": 6}
+    assert set(m["per_class"]) == {"happy", "neutral"}
+    assert np.asarray(m["confusion_matrix"]).sum() == 12
+    assert (eval_dir / "confusion.png").stat().st_size > 1000
+    assert "accuracy" in (eval_dir / "report.md").read_text()
+    _, meta = load_checkpoint(tmp_path / "bundled.safetensors")
+    assert meta.metrics["test"]["accuracy"] == m["accuracy"] and meta.metrics["test"]["split"] == "private"
+    assert set(meta.metrics["test"]["recall"]) == {"happy", "neutral"}

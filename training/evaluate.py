@@ -1,0 +1,156 @@
+"""`emotion-eval`: score a checkpoint on any labelled face dataset.
+
+Writes DIR/metrics.json, DIR/confusion.png and DIR/report.md. Classes the model has
+but the data lacks are simply absent from the scores; data classes the model lacks
+(e.g. CK+ "contempt", or "disgust" for a 3-class model) are skipped and listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from server.model.checkpoint import DEFAULT_CHECKPOINT, file_digest, load_checkpoint, save_checkpoint
+from shared.emotions import EMOTIONS
+from training.data import FaceDataset, load_dataset
+from training.evaluate_core import classification_metrics, predict_proba
+from training.train import resolve_device
+
+SPLIT_CHOICES = {
+    "private": ("private",),
+    "public": ("public",),
+    "test": ("public", "private", "test"),
+    "all": ("train", "val", "public", "private", "test"),
+}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument(
+        "--data", required=True, help="FER2013 CSV/.tar.gz/folder, or any folder of <class>/<images>"
+    )
+    p.add_argument(
+        "--split",
+        choices=(*SPLIT_CHOICES, "auto"),
+        default="auto",
+        help="auto = private if the data has PrivateTest, else its test images, else everything",
+    )
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    p.add_argument("--out", default="runs/eval")
+    p.add_argument("--tta", choices=("none", "flip"), default="none", help="test-time augmentation")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument(
+        "--bundle",
+        metavar="DEST",
+        help="also write a copy of the checkpoint (fp16) to DEST with these test metrics in its metadata, "
+        "e.g. server/checkpoints/emotion-resnet18.safetensors",
+    )
+    return p
+
+
+def resolve_split(ds: FaceDataset, split: str) -> tuple[str, FaceDataset]:
+    if split == "auto":
+        present = set(ds.splits.tolist())
+        split = "private" if "private" in present else "test" if present & {"public", "test"} else "all"
+    sub = ds.subset(*SPLIT_CHOICES[split])
+    if len(sub) == 0:
+        raise SystemExit(f"split {split!r} is empty in this data; it has {ds.split_counts()}")
+    return split, sub
+
+
+def evaluate_checkpoint(
+    data: str | Path,
+    checkpoint: str | Path = DEFAULT_CHECKPOINT,
+    split: str = "auto",
+    tta: str = "none",
+    device: str = "auto",
+    batch_size: int = 512,
+) -> dict[str, Any]:
+    dev = resolve_device(device)
+    model, meta = load_checkpoint(checkpoint, dev)
+    model = model.to(memory_format=torch.channels_last)
+    ds = load_dataset(data, size=meta.input_size)
+    split, sub = resolve_split(ds, split)
+    skipped = sub.skipped_counts()
+    keep = np.isin(sub.labels, [EMOTIONS.index(c) for c in meta.classes])
+    for label in np.unique(sub.labels[~keep]):
+        skipped[EMOTIONS[label]] = int((sub.labels == label).sum())
+    images = sub.images[keep]
+    y = np.array([meta.classes.index(EMOTIONS[i]) for i in sub.labels[keep]], dtype=np.int64)
+    proba = predict_proba(model, images, meta.mean, meta.std, device=dev, batch_size=batch_size, tta=tta)
+    metrics = classification_metrics(y, proba, meta.classes)
+    metrics |= {
+        "data_fingerprint": ds.fingerprint(),
+        "split": split,
+        "tta": tta,
+        "skipped": skipped,
+        "checkpoint": {"path": str(checkpoint), "name": meta.name, "sha256_12": file_digest(checkpoint)},
+        "data": str(data),
+    }
+    return metrics
+
+
+def write_report(metrics: dict[str, Any], out: Path) -> None:
+    from training.report import plot_confusion
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    title = f"{metrics['split']} (n={metrics['n']}, acc {metrics['accuracy']:.1%}, TTA {metrics['tta']})"
+    plot_confusion(metrics["confusion_matrix"], metrics["classes"], out / "confusion.png", title)
+    lines = [
+        f"# Evaluation of `{metrics['checkpoint']['name']}` ({metrics['checkpoint']['sha256_12']})",
+        "",
+        f"Data `{metrics['data']}`, split **{metrics['split']}**, n = {metrics['n']}, "
+        f"test-time augmentation: **{metrics['tta']}**.",
+        "",
+        f"- accuracy: **{metrics['accuracy']:.2%}**",
+        f"- macro F1: **{metrics['macro_f1']:.4f}**",
+    ]
+    if metrics["skipped"]:
+        lines.append(f"- skipped (classes the model lacks or unknown names): {metrics['skipped']}")
+    lines += [
+        "",
+        "| class | precision | recall | F1 | AUC (OvR) | support |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, m in metrics["per_class"].items():
+        auc = "n/a" if m["auc"] is None else f"{m['auc']:.3f}"
+        lines.append(
+            f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {auc} | {m['support']} |"
+        )
+    lines += ["", "![confusion matrix](confusion.png)", ""]
+    (out / "report.md").write_text("\n".join(lines))
+
+
+def bundle(checkpoint: str | Path, dest: str | Path, metrics: dict[str, Any]) -> Path:
+    """Copy a checkpoint with its test metrics recorded, so the server's /v1/info can report them."""
+    model, meta = load_checkpoint(checkpoint)
+    summary_keys = ("split", "tta", "n", "accuracy", "macro_f1", "data_fingerprint")
+    meta.metrics["test"] = {k: metrics[k] for k in summary_keys} | {
+        "recall": {c: round(m["recall"], 4) for c, m in metrics["per_class"].items()}
+    }
+    return save_checkpoint(dest, model, meta)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = get_args_parser().parse_args(argv)
+    metrics = evaluate_checkpoint(
+        args.data, args.checkpoint, args.split, args.tta, args.device, args.batch_size
+    )
+    write_report(metrics, Path(args.out))
+    if args.bundle:
+        print(f"bundled -> {bundle(args.checkpoint, args.bundle, metrics)}")
+    print(
+        f"{metrics['split']}: n={metrics['n']} accuracy={metrics['accuracy']:.4f} "
+        f"macro_f1={metrics['macro_f1']:.4f} tta={metrics['tta']} -> {args.out}/metrics.json"
+    )
+
+
+if __name__ == "__main__":
+    main()
