@@ -108,6 +108,8 @@ def test_eval_writes_metrics_report_and_skips_unknown(tiny_fer: Path, tmp_path: 
             "flip",
             "--bundle",
             str(tmp_path / "bundled.safetensors"),
+            "--crop-margin",
+            "0.1",
         ]
     )
     m = json.loads((eval_dir / "metrics.json").read_text())
@@ -121,3 +123,4 @@ def test_eval_writes_metrics_report_and_skips_unknown(tiny_fer: Path, tmp_path: 
     _, meta = load_checkpoint(tmp_path / "bundled.safetensors")
     assert meta.metrics["test"]["accuracy"] == m["accuracy"] and meta.metrics["test"]["split"] == "private"
     assert set(meta.metrics["test"]["recall"]) == {"happy", "neutral"}
+    assert meta.crop.margin == 0.1 and meta.crop.y_shift == 0.0

@@ -15,7 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from server.model.checkpoint import DEFAULT_CHECKPOINT, file_digest, load_checkpoint, save_checkpoint
+from server.model.checkpoint import (
+    DEFAULT_CHECKPOINT,
+    CropSpec,
+    file_digest,
+    load_checkpoint,
+    read_meta,
+    save_checkpoint,
+)
 from shared.emotions import EMOTIONS
 from training.data import FaceDataset, load_dataset
 from training.evaluate_core import classification_metrics, predict_proba
@@ -50,6 +57,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         metavar="DEST",
         help="also write a copy of the checkpoint (fp16) to DEST with these test metrics in its metadata, "
         "e.g. server/checkpoints/emotion-resnet18.safetensors",
+    )
+    p.add_argument("--crop-margin", type=float, help="with --bundle: record this detector-crop margin")
+    p.add_argument(
+        "--crop-y-shift", type=float, help="with --bundle: record this detector-crop vertical shift"
     )
     return p
 
@@ -128,9 +139,16 @@ def write_report(metrics: dict[str, Any], out: Path) -> None:
     (out / "report.md").write_text("\n".join(lines))
 
 
-def bundle(checkpoint: str | Path, dest: str | Path, metrics: dict[str, Any]) -> Path:
-    """Copy a checkpoint with its test metrics recorded, so the server's /v1/info can report them."""
+def bundle(
+    checkpoint: str | Path, dest: str | Path, metrics: dict[str, Any], crop: CropSpec | None = None
+) -> Path:
+    """Copy a checkpoint with its test metrics (and the measured crop framing) recorded in its metadata.
+
+    The server reports these in /v1/info and crops faces as ``crop`` says (see bench/framing.py).
+    """
     model, meta = load_checkpoint(checkpoint)
+    if crop is not None:
+        meta.crop = crop
     summary_keys = ("split", "tta", "n", "accuracy", "macro_f1", "data_fingerprint")
     meta.metrics["test"] = {k: metrics[k] for k in summary_keys} | {
         "recall": {c: round(m["recall"], 4) for c, m in metrics["per_class"].items()}
@@ -145,7 +163,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     write_report(metrics, Path(args.out))
     if args.bundle:
-        print(f"bundled -> {bundle(args.checkpoint, args.bundle, metrics)}")
+        crop = None
+        if args.crop_margin is not None or args.crop_y_shift is not None:
+            current = read_meta(args.checkpoint).crop
+            crop = CropSpec(
+                margin=current.margin if args.crop_margin is None else args.crop_margin,
+                y_shift=current.y_shift if args.crop_y_shift is None else args.crop_y_shift,
+            )
+        print(f"bundled -> {bundle(args.checkpoint, args.bundle, metrics, crop)}")
     print(
         f"{metrics['split']}: n={metrics['n']} accuracy={metrics['accuracy']:.4f} "
         f"macro_f1={metrics['macro_f1']:.4f} tta={metrics['tta']} -> {args.out}/metrics.json"
