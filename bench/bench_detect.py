@@ -32,6 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from docsection import write_section  # bench/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -256,19 +257,6 @@ def table(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, body: str) -> None:
-    """Replace (or append) only our section, leaving the other sections alone."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find(SECTION + "\n")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + body
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + body + (text[end + 1 :] if end >= 0 else "")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     if args.parity:
@@ -298,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         + f"Reproduce: `{cmd.strip()}`\n"
     )
-    write_section(args.out, body)
+    write_section(args.out, SECTION, body)
     print(f"wrote {args.out}")
 
 

@@ -37,6 +37,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from docsection import write_section  # bench/ is on sys.path when run as a script
 from PIL import Image
 from websockets.asyncio.client import connect
 
@@ -337,19 +338,6 @@ def table(phases: list[Phase]) -> str:
     return "\n".join(rows)
 
 
-def write_section(path: Path, body: str) -> None:
-    """Replace (or append) only our section, leaving the other sections alone."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find(SECTION + "\n")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + body
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + body + (text[end + 1 :] if end >= 0 else "")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     phases, meta = run_phases(args)
@@ -389,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
         + (f"{args.note}\n\n" if args.note else "")
         + f"{summary}\n\n{md}\n\n{setup}\n\nMachine: {machine()}.\n\nReproduce: `{cmd.strip()}`\n"
     )
-    write_section(args.out, body)
+    write_section(args.out, SECTION, body)
     print(f"\nwrote {SECTION!r} in {args.out}")
 
 

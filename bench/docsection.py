@@ -1,0 +1,18 @@
+"""Writes one benchmark's results into its own section of a Markdown doc, leaving the others alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def write_section(path: Path, section: str, body: str) -> None:
+    """Replace the ``section`` heading's block (up to the next ``## ``) with ``body``, or append it."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    start = text.find(section + "\n")
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + body
+    else:
+        end = text.find("\n## ", start + len(section))
+        text = text[:start] + body + (text[end + 1 :] if end >= 0 else "")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.rstrip("\n") + "\n")
