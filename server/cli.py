@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from server.app import create_app
 from server.config import Settings
+from server.protocols import AbortingWebSocketProtocol, bounded_head_protocol
 from server.runtime import Runtime, build_pipeline
 
 #: Extra room over the frame limit so the app, not uvicorn, rejects big frames (with a reason).
@@ -71,6 +72,8 @@ class GracefulServer(uvicorn.Server):
 def build_server(app: FastAPI, settings: Settings, **overrides: Any) -> GracefulServer:
     """A uvicorn server for ``app`` configured from ``settings`` (used by tests and the benchmark too)."""
     options: dict[str, Any] = {
+        "http": bounded_head_protocol(settings.header_timeout_s),
+        "ws": AbortingWebSocketProtocol,
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,

@@ -86,6 +86,12 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(default=10 * MiB, ge=1024)
     max_pixels: int = Field(default=40_000_000, ge=64 * 64)
+    header_timeout_s: float = Field(
+        default=10.0, gt=0.0, le=3600.0, description="Time a client has to send a request line and headers."
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0.0, le=3600.0, description="Time a client has to send a whole request body (408)."
+    )
 
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -175,4 +181,6 @@ class Settings(BaseSettings):
             "max_wait_ms": self.max_wait_ms,
             "max_streams": self.max_streams,
             "stream_max_fps": self.stream_max_fps,
+            "header_timeout_s": self.header_timeout_s,
+            "body_timeout_s": self.body_timeout_s,
         }

@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from server.pipeline.batcher import BatcherClosed, BatcherFull
 from server.pipeline.decode import CorruptImage, DecodeError, ImageTooLarge, UnsupportedImage
@@ -42,6 +43,15 @@ class Unauthorized(ApiError):
 
     def __init__(self, message: str = "missing or invalid API key") -> None:
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class RequestTimeout(ApiError):
+    """The body did not arrive within ``EMOTION_BODY_TIMEOUT_S``; the connection is closed after the reply."""
+
+    status, code = 408, "request_timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Connection": "close"})
 
 
 class PayloadTooLarge(ApiError):
@@ -79,6 +89,7 @@ _HTTP_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "invalid_parameters",
@@ -131,6 +142,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BatcherClosed)
     async def _closed(request: Request, exc: BatcherClosed) -> JSONResponse:
         return error_response(request, 503, "shutting_down", "server is shutting down", {"Retry-After": "5"})
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # The client hung up mid-upload: nobody reads this reply, and it is not a server error.
+        return error_response(request, 400, "client_disconnected", "client disconnected during the upload")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -6,27 +6,40 @@ orchestrators can probe without secrets; ``/metrics`` needs the key then.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Response
 
 from server.deps import ApiKey, RuntimeDep
 from server.errors import ApiError, NotReady
 from server.metrics import CONTENT_TYPE
+from shared.protocol import ErrorBody
 
 router = APIRouter(tags=["health"])
+
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorBody, "description": "model still loading (readyz) or failed to load"}
+}
+METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}}},
+    401: {"model": ErrorBody, "description": "missing or invalid API key"},
+}
 
 
 class LoadFailed(ApiError):
     status, code = 503, "load_failed"
 
 
-@router.get("/healthz", summary="The process is alive (and its model did not fail to load)")
+@router.get(
+    "/healthz", responses=UNAVAILABLE, summary="The process is alive (and its model did not fail to load)"
+)
 async def healthz(runtime: RuntimeDep) -> dict[str, str]:
     if runtime.load_error:
         raise LoadFailed(f"model failed to load: {runtime.load_error}")
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="The model is loaded and warmed up; 503 until then")
+@router.get("/readyz", responses=UNAVAILABLE, summary="The model is loaded and warmed up; 503 until then")
 async def readyz(runtime: RuntimeDep) -> dict[str, str]:
     if runtime.load_error:
         raise LoadFailed(f"model failed to load: {runtime.load_error}")
@@ -35,6 +48,12 @@ async def readyz(runtime: RuntimeDep) -> dict[str, str]:
     return {"status": "ready"}
 
 
-@router.get("/metrics", dependencies=[ApiKey], summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    dependencies=[ApiKey],
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses=METRICS_RESPONSES,
+)
 async def metrics(runtime: RuntimeDep) -> Response:
     return Response(runtime.metrics.render(), media_type=CONTENT_TYPE)

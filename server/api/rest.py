@@ -1,11 +1,14 @@
 """``POST /v1/predict`` (one image, every face) and ``GET /v1/info``.
 
 The body is read with the size limit enforced chunk by chunk, so an oversized
-upload costs at most the limit in memory, never the whole upload.
+upload costs at most the limit in memory, never the whole upload, and with a
+deadline for the whole body, so a client trickling bytes (slowloris) cannot hold
+a request open for longer than ``EMOTION_BODY_TIMEOUT_S``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator
 from typing import Annotated, Any
@@ -16,7 +19,13 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from server.deps import ApiKey, ReadyRuntimeDep, RuntimeDep
-from server.errors import BadRequest, InvalidParameters, PayloadTooLarge, UnsupportedMediaType
+from server.errors import (
+    BadRequest,
+    InvalidParameters,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+)
 from server.pipeline.runner import Job, PredictOptions, face_result
 from shared.protocol import ErrorBody, ImageInfo, ModelRef, PredictResponse, Timing
 
@@ -30,13 +39,35 @@ IMAGE_FIELDS = ("image", "file")  # "image" is the documented name; "file" is ac
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": what}
     for code, what in {
-        400: "corrupt image or empty body",
+        400: "corrupt image, empty body or malformed multipart",
         401: "missing or invalid API key",
+        408: "the body did not arrive within the body timeout",
         413: "body or pixel count over the limit",
         415: "not a JPEG, PNG or WebP image",
         422: "bad query parameters",
         503: "model not loaded yet, or overloaded",
     }.items()
+}
+
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
+#: The body is read by hand (size limit, deadline), so FastAPI cannot infer it; this documents it.
+PREDICT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "The image bytes (format sniffed from the bytes), or a form with the file in 'image'.",
+        "content": {
+            **{ctype: _BINARY for ctype in RAW_IMAGE_TYPES},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"image": {"type": "string", "format": "binary"}},
+                    "required": ["image"],
+                }
+            },
+        },
+    }
 }
 
 
@@ -77,27 +108,39 @@ class InfoResponse(BaseModel):
     auth: bool
 
 
-async def _bounded(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
-    """The request body, failing with 413 as soon as it exceeds ``limit``."""
+async def _bounded(request: Request, limit: int, timeout: float) -> AsyncGenerator[bytes, None]:
+    """The request body, failing with 413 as soon as it exceeds ``limit`` bytes and with 408 if
+    all of it has not arrived ``timeout`` seconds after the reading started."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {limit} bytes")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    chunks = request.stream()
     seen = 0
-    async for chunk in request.stream():
-        seen += len(chunk)
-        if seen > limit:
-            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
-        if chunk:
-            yield chunk
+    try:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(anext(chunks), max(deadline - loop.time(), 0.0))
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise RequestTimeout(f"the body did not arrive within {timeout:g} s") from None
+            seen += len(chunk)
+            if seen > limit:
+                raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+            if chunk:
+                yield chunk
+    finally:
+        await chunks.aclose()
 
 
-async def read_image_bytes(request: Request, limit: int) -> bytes:
+async def read_image_bytes(request: Request, limit: int, timeout: float) -> bytes:
     """Raw image body or the ``image`` field of a multipart form, at most ``limit`` bytes."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        parser = MultiPartParser(
-            request.headers, _bounded(request, limit + MULTIPART_OVERHEAD), max_files=2, max_fields=16
-        )
+        body = _bounded(request, limit + MULTIPART_OVERHEAD, timeout)
+        parser = MultiPartParser(request.headers, body, max_files=2, max_fields=16)
         try:
             form = await parser.parse()
         except MultiPartException as exc:
@@ -110,7 +153,7 @@ async def read_image_bytes(request: Request, limit: int) -> bytes:
         finally:
             await form.close()
     elif ctype in RAW_TYPES:
-        data = b"".join([chunk async for chunk in _bounded(request, limit)])
+        data = b"".join([chunk async for chunk in _bounded(request, limit, timeout)])
     else:
         raise UnsupportedMediaType(
             f"content type {ctype!r} not supported: send image/jpeg, image/png, image/webp, "
@@ -124,14 +167,18 @@ async def read_image_bytes(request: Request, limit: int) -> bytes:
 
 
 @router.post(
-    "/predict", response_model=PredictResponse, responses=ERRORS, summary="Faces and emotions in one image"
+    "/predict",
+    response_model=PredictResponse,
+    responses=ERRORS,
+    summary="Faces and emotions in one image",
+    openapi_extra=PREDICT_BODY,
 )
 async def predict(
     request: Request, runtime: ReadyRuntimeDep, query: Annotated[PredictQuery, Query()]
 ) -> PredictResponse:
     start = time.perf_counter()
     settings = runtime.settings
-    data = await read_image_bytes(request, settings.max_body_bytes)
+    data = await read_image_bytes(request, settings.max_body_bytes, settings.body_timeout_s)
     image = await runtime.decode(data)
     options = PredictOptions(
         detect=query.detect,
@@ -154,6 +201,11 @@ async def predict(
     )
 
 
-@router.get("/info", response_model=InfoResponse, summary="Classes, model metadata, detector, device, limits")
+@router.get(
+    "/info",
+    response_model=InfoResponse,
+    responses={401: ERRORS[401]},
+    summary="Classes, model metadata, detector, device, limits",
+)
 async def info(runtime: RuntimeDep) -> InfoResponse:
     return InfoResponse.model_validate(runtime.info())

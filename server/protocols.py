@@ -1,0 +1,128 @@
+"""uvicorn's HTTP and WebSocket protocols with the limits uvicorn leaves out.
+
+* **Request head** (slowloris, header floods): uvicorn closes idle keep-alive connections, but a
+  connection that never sends a request, or sends its request line and headers a byte at a time,
+  is kept open forever; and with httptools a header block has no size limit, so one client can
+  make the server buffer gigabytes. :class:`BoundedHeadProtocol` answers 408 and closes when the
+  head has not fully arrived ``head_timeout`` seconds after the connection opened or the request
+  began, and 431 when it grows past ``MAX_HEAD_BYTES``. (The body has its own deadline in the
+  app, ``EMOTION_BODY_TIMEOUT_S``, and its size limit, ``EMOTION_MAX_BODY_BYTES``.)
+* **Stalled WebSocket peer**: a client that stops reading fills the send buffer; uvicorn's
+  keepalive then gives up and calls ``transport.close()``, which waits for that buffer to
+  drain, i.e. forever, so the socket and the app's stream slot (one of ``EMOTION_MAX_STREAMS``)
+  were never released. :class:`AbortingWebSocketProtocol` aborts the connection instead, and
+  after the app has finished it gives the closing handshake ``close_timeout`` seconds.
+
+Both subclass the protocol classes uvicorn picks itself when ``uvicorn[standard]`` is
+installed (httptools for HTTP, the websockets sans-I/O one for WebSocket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+log = logging.getLogger(__name__)
+
+#: Request line plus headers; h11 allows 16 KiB, nginx 32 KiB by default.
+MAX_HEAD_BYTES = 64 * 1024
+
+
+def _error_response(status: int, reason: str, code: str, message: str) -> bytes:
+    body = json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":")).encode()
+    head = f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+    return head.encode() + b"connection: close\r\n\r\n" + body
+
+
+HEAD_TIMEOUT_RESPONSE = _error_response(
+    408, "Request Timeout", "request_timeout", "request headers not received in time"
+)
+HEAD_TOO_LARGE_RESPONSE = _error_response(
+    431,
+    "Request Header Fields Too Large",
+    "headers_too_large",
+    f"request headers over {MAX_HEAD_BYTES} bytes",
+)
+
+
+class AbortingWebSocketProtocol(WebSocketsSansIOProtocol):
+    """Drops a peer that stopped reading instead of waiting forever for it to drain."""
+
+    def keepalive_timeout(self) -> None:
+        super().keepalive_timeout()  # sends a 1011 close if it can, then close() (which may never finish)
+        self._abort()
+
+    async def run_asgi(self) -> None:
+        await super().run_asgi()
+        # The app is done; whatever close handshake uvicorn started has close_timeout to finish.
+        self.loop.call_later(self.close_timeout + 1.0, self._abort)
+
+    def _abort(self) -> None:
+        if not self.disconnected:
+            log.info("aborting a WebSocket connection whose peer stopped reading")
+            self.transport.abort()
+
+
+class BoundedHeadProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline and a size limit on each request head."""
+
+    head_timeout = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timer: asyncio.TimerHandle | None = None  # set while a request head is awaited
+        self._head_bytes = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()  # a connection that never sends a request is a slow head too
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)  # may complete the head, which disarms
+        if self._head_timer is not None:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(HEAD_TOO_LARGE_RESPONSE, "request head over %d bytes", MAX_HEAD_BYTES)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()  # also for a WebSocket upgrade, whose head ends here
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.head_timeout, self._expired)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        self._head_bytes = 0
+
+    def _expired(self) -> None:
+        self._head_timer = None
+        self._refuse(HEAD_TIMEOUT_RESPONSE, "request head took over %.1f s", self.head_timeout)
+
+    def _refuse(self, response: bytes, why: str, arg: float) -> None:
+        self._disarm()
+        if not self.transport.is_closing():
+            log.info("closing a connection: " + why, arg)
+            self.transport.write(response)
+            self.transport.close()  # also stops reading: whatever else it sends is not buffered
+
+
+def bounded_head_protocol(timeout: float) -> type[BoundedHeadProtocol]:
+    """:class:`BoundedHeadProtocol` with ``timeout`` seconds for each request head."""
+    return type("BoundedHeadProtocol", (BoundedHeadProtocol,), {"head_timeout": timeout})
