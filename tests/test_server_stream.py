@@ -61,7 +61,8 @@ def test_frames_answered_in_order_with_stable_track_ids(srv: LiveServer, astrona
 def test_flood_drops_older_frames_and_accounts_for_all(srv: LiveServer, astronaut: np.ndarray) -> None:
     data = jpeg(frame_640x480(astronaut))
     sent = 40
-    before = srv.metric("emotion_stream_dropped_frames_total", reason="superseded")
+    # all reasons: on a slow machine the burst also trips the per-stream fps cap ("rate_limit")
+    before = srv.metric("emotion_stream_dropped_frames_total")
 
     async def main() -> list[dict[str, Any]]:
         replies = []
@@ -78,7 +79,7 @@ def test_flood_drops_older_frames_and_accounts_for_all(srv: LiveServer, astronau
     assert frames[-1] == sent - 1  # the newest frame always wins
     dropped = sum(r["dropped"] for r in replies)
     assert dropped > 0 and dropped + len(replies) == sent  # every frame answered or counted
-    assert srv.metric("emotion_stream_dropped_frames_total", reason="superseded") - before == dropped
+    assert srv.metric("emotion_stream_dropped_frames_total") - before == dropped
 
 
 def test_smoothing_and_options_by_control_message(srv: LiveServer, astronaut: np.ndarray) -> None:
