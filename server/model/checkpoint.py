@@ -32,11 +32,16 @@ class CheckpointError(ValueError):
 
 
 class CropSpec(BaseModel):
-    """How a detector box becomes a classifier input (the framing FER2013 faces have)."""
+    """How a detector box becomes a classifier input (the framing FER2013 faces have).
+
+    The default is measured, not guessed: the res10 SSD box around a pasted FER2013 face is as
+    tall as the FER2013 square (median 1.01) and centred on it, and margin 0 gives the best
+    accuracy of margins 0-0.3 (bench/framing.py, docs/detection.md).
+    """
 
     model_config = ConfigDict(extra="forbid")
     margin: float = Field(
-        default=0.2, ge=0.0, le=1.0, description="Fraction of the square side added on each side."
+        default=0.0, ge=0.0, le=1.0, description="Fraction of the square side added on each side."
     )
     square: bool = True
     y_shift: float = Field(
