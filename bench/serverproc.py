@@ -19,6 +19,8 @@ from typing import IO, Any
 
 import httpx
 
+from server.metrics import sum_samples
+
 REPO = Path(__file__).resolve().parent.parent
 #: Log lines that mean the server itself failed (not a client being refused).
 ERROR_LINE = re.compile(r"\b(ERROR|CRITICAL)\b|Traceback")
@@ -149,15 +151,7 @@ class ServerProcess:
     def metric(self, name: str, **labels: str) -> float:
         """Sum of the samples of ``name`` (optionally filtered by labels) from GET /metrics."""
         text = httpx.get(self.url + "/metrics", headers=self.auth(), timeout=10).text
-        total = 0.0
-        for line in text.splitlines():
-            m = re.match(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})? (\S+)$", line)
-            if not m or m.group(1) != name:
-                continue
-            got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-            if all(got.get(k) == v for k, v in labels.items()):
-                total += float(m.group(3))
-        return total
+        return sum_samples(text, name, **labels)
 
     def auth(self) -> dict[str, str]:
         keys = [k for k in self.env.get("EMOTION_API_KEYS", "").split(",") if k.strip()]

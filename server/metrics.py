@@ -16,6 +16,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -97,3 +98,17 @@ class RequestMetricsMiddleware:
             self.metrics.request_latency.labels(
                 route=route, method=scope.get("method", ""), status=str(status)
             ).observe(time.perf_counter() - start)
+
+
+def sum_samples(exposition: str, name: str, **labels: str) -> float:
+    """Sum of the samples called ``name`` whose labels include ``labels``, from /metrics text.
+
+    Benchmarks and tests read the server as a client would; one parser (prometheus-client's)
+    keeps them agreeing on what a sample is.
+    """
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(exposition)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )

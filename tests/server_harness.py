@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import re
 import socket
 import threading
 import time
@@ -24,6 +23,7 @@ from PIL import Image
 from server.app import PipelineFactory, create_app
 from server.cli import GracefulServer, build_server
 from server.config import Settings
+from server.metrics import sum_samples
 from server.runtime import build_pipeline
 
 
@@ -85,15 +85,7 @@ class LiveServer:
     def metric(self, name: str, **labels: str) -> float:
         """Sum of the samples of ``name`` (optionally filtered by labels) from GET /metrics."""
         text = httpx.get(self.url + "/metrics", headers=self.auth()).text
-        total = 0.0
-        for line in text.splitlines():
-            m = re.match(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})? (\S+)$", line)
-            if not m or m.group(1) != name:
-                continue
-            got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-            if all(got.get(k) == v for k, v in labels.items()):
-                total += float(m.group(3))
-        return total
+        return sum_samples(text, name, **labels)
 
 
 def jpeg(img: np.ndarray, quality: int = 90) -> bytes:
