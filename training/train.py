@@ -63,6 +63,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="use at most N samples per split (smoke tests)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument(
+        "--amp",
+        choices=("auto", "bf16", "off"),
+        default="auto",
+        help="bf16 autocast: auto = on for CUDA and for CPUs with native bf16 (AVX-512 BF16/AMX), ~1.75x faster",
+    )
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (same arguments)")
     p.add_argument(
         "--init-from",
@@ -122,7 +128,7 @@ def train_one_epoch(
     device = images.device
     perm = torch.randperm(len(labels), generator=gen).to(device)
     steps = len(labels) // args.batch_size  # drop the ragged last batch: keeps BN statistics sane
-    use_amp = device.type == "cuda"
+    use_amp = args.amp_enabled
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(
         range(steps), desc=f"epoch {epoch + 1}/{args.epochs} @{size}px", leave=False, dynamic_ncols=True
@@ -175,10 +181,37 @@ def make_meta(
         input_size=args.input_size,
         mean=MEAN,
         std=STD,
-        train_config={k: v for k, v in vars(args).items() if k not in {"resume", "stop_after"}},
+        train_config={k: v for k, v in vars(args).items() if k not in {"resume", "stop_after", "amp_enabled"}},
         data_fingerprint=fingerprint,
         metrics=metrics,
     )
+
+
+# Arguments that may change between a run and its resumption: where it runs, not what it trains.
+RESUMABLE_CHANGES = frozenset({"data", "out", "device", "amp"})
+
+
+def check_resume_args(saved: dict[str, Any], now: dict[str, Any]) -> None:
+    """Refuse to resume with a different recipe: the one-cycle schedule and the data order are fixed at start."""
+    diff = {
+        k: (saved.get(k), now.get(k))
+        for k in saved.keys() | now.keys()
+        if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k)
+    }
+    if saved and diff:
+        raise SystemExit(f"--resume with arguments that differ from the run's (saved, now): {diff}")
+
+
+def amp_enabled(mode: str, device: torch.device) -> bool:
+    """Whether to train under bf16 autocast: only where bf16 matmuls run natively, else it is slower."""
+    if mode != "auto":
+        return mode == "bf16"
+    if device.type == "cuda":
+        return True
+    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
+        torch.cpu, "_is_amx_tile_supported", lambda: False
+    )()
+    return device.type == "cpu" and bool(native)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -200,6 +233,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if sizes[-1] != args.input_size:
         raise SystemExit("--train-sizes must end with --input-size")
     device = resolve_device(args.device)
+    args.amp_enabled = amp_enabled(args.amp, device)
     gen = seed_everything(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -214,7 +248,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(
             f"need >= {args.batch_size} training and >= 1 validation images, got {len(train)}/{len(val)}"
         )
-    print(f"data {args.data}: {ds.split_counts()} fingerprint {fingerprint}; device {device}", flush=True)
+    print(
+        f"data {args.data}: {ds.split_counts()} fingerprint {fingerprint}; device {device}, "
+        f"bf16 autocast {'on' if args.amp_enabled else 'off'}",
+        flush=True,
+    )
 
     images = torch.from_numpy(train.images).to(device)
     labels = torch.from_numpy(train.labels).to(device)
@@ -265,6 +303,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.resume and state_path.exists():
         # weights_only: resume state is our own, but never unpickle arbitrary objects anyway
         state = torch.load(state_path, map_location=device, weights_only=True)
+        check_resume_args(state.get("args", {}), make_meta(args, classes, fingerprint, {}).train_config)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -312,6 +351,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "torch_rng": torch.get_rng_state(),
                 "epoch": epoch,
                 "best": best,
+                "args": make_meta(args, classes, fingerprint, {}).train_config,
             },
             state_path,
         )
