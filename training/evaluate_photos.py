@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,16 +62,29 @@ def list_photos(root: str | Path, limit: int = 0, seed: int = 0) -> list[Photo]:
 
 
 def build_server_pipeline(
-    checkpoint: str | Path, device: str, crop: CropSpec | None = None
+    checkpoint: str | Path, device: str, crop: CropSpec | None = None, detector_layout: str | None = None
 ) -> tuple[Pipeline, Settings]:
     """The pipeline exactly as ``emotion-server`` builds it (its Settings and defaults, including
-    ``EMOTION_*`` variables), optionally with another crop framing than the checkpoint's."""
+    ``EMOTION_*`` variables), optionally with another crop framing than the checkpoint's, or
+    (for before/after measurements, bench/phantoms.py) another SSD head layout."""
     from server.runtime import build_pipeline
 
     cfg = Settings(checkpoint=Path(checkpoint), device=device)
     pipeline = build_pipeline(cfg, device)
     if crop is not None:
         pipeline.classifier.meta.crop = crop
+    if detector_layout is not None:
+        from server.pipeline.detect import SSDFaceDetector, locate_weights
+
+        pipeline.detector = SSDFaceDetector(
+            locate_weights(),
+            device,
+            cfg.score_threshold,
+            cfg.max_faces,
+            cfg.min_face_size,
+            cfg.detector_input_size,
+            layout=detector_layout,
+        )
     return pipeline, cfg
 
 
@@ -107,7 +120,7 @@ def evaluate_photos(
     seed: int = 0,
     decode_threads: int = 2,
     progress: bool = True,
-    on_batch: Callable[[int], None] | None = None,
+    detector_layout: str | None = None,
 ) -> dict[str, Any]:
     """Run the server pipeline on every photo and score the first face it returns.
 
@@ -116,7 +129,7 @@ def evaluate_photos(
     """
     from tqdm import tqdm
 
-    pipeline, cfg = build_server_pipeline(checkpoint, device, crop)
+    pipeline, cfg = build_server_pipeline(checkpoint, device, crop, detector_layout)
     classes = pipeline.classes
     # What POST /v1/predict uses when a request sets no limits.
     options = PredictOptions(detect=True, max_faces=cfg.max_faces, min_confidence=cfg.score_threshold)
@@ -164,8 +177,6 @@ def evaluate_photos(
                     pred = pipeline.classifier.predict(crops).argmax(1).numpy()
                     grid_correct[k] += int((pred == truth).sum())
         bar.update(len(batch))
-        if on_batch is not None:
-            on_batch(len(batch))
     bar.close()
     return photo_metrics(
         np.asarray(y_true, dtype=np.int64),
@@ -189,6 +200,7 @@ def evaluate_photos(
                 "input_size": list(cfg.detector_input_size),
                 "score_threshold": options.min_confidence,
                 "max_faces": options.max_faces,
+                "layout": getattr(getattr(pipeline.detector, "model", None), "layout", None),
             },
             "framings": [
                 spec.model_dump() | {"accuracy_photos": int(c) / max(len(scored), 1)}

@@ -5,6 +5,10 @@ server wants batches on whatever device the classifier uses. This module mirrors
 the Caffe graph (``deploy.prototxt.txt``) layer for layer and OpenCV's
 ``blobFromImage``, ``PriorBox`` and ``DetectionOutput`` semantics, so its boxes and
 scores match ``cv2.dnn`` (see ``tests/test_detect.py``) while running batched.
+
+One deliberate difference, the default ``layout="trained"``: conv8_2 and conv9_2 run
+unpadded, so their maps match their prior steps; the shipped padding makes the phantom
+faces described in docs/detection.md. ``layout="deploy"`` is the prototxt as shipped.
 """
 
 from __future__ import annotations
@@ -305,7 +309,9 @@ class SSDFaceDetector:
 
     ``input_size`` is (width, height) of the network input, like ``cv2.dnn.blobFromImage``:
     every frame is resized to it without preserving aspect ratio, as the model was
-    trained. Smaller inputs are faster but miss small faces.
+    trained. Smaller inputs are faster but miss small faces. ``layout`` is the head layout
+    (:class:`Res10SSD`): ``"trained"`` by default; ``"deploy"`` reproduces ``cv2.dnn`` on the
+    shipped prototxt, phantom faces included.
     """
 
     name = "ssd"
