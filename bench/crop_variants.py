@@ -35,8 +35,13 @@ from server.pipeline.decode import decode_image  # noqa: E402
 from server.pipeline.runner import Job, PredictOptions  # noqa: E402
 from training.evaluate_photos import build_server_pipeline, list_photos  # noqa: E402
 
-#: FER2013 PublicTest pixel mean and mean per-face standard deviation (measured, see docs/model-card.md).
-FER_MEAN, FER_STD = 129.0, 54.1
+
+def fer_stats(path: Path) -> tuple[float, float]:
+    """FER2013 PublicTest's pixel mean and mean per-face standard deviation."""
+    from training.data import load_dataset
+
+    faces = load_dataset(path).subset("public").images.reshape(-1, 48 * 48).astype(np.float32)
+    return float(faces.mean()), float(faces.std(1).mean())
 
 
 def kept_inside(region: torch.Tensor, w: int, h: int) -> torch.Tensor:
@@ -48,7 +53,9 @@ def kept_inside(region: torch.Tensor, w: int, h: int) -> torch.Tensor:
     return torch.tensor([[cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2]])
 
 
-def variants(img: torch.Tensor, box: torch.Tensor, spec: CropSpec, size: int) -> dict[str, torch.Tensor]:
+def variants(
+    img: torch.Tensor, box: torch.Tensor, spec: CropSpec, size: int, fer: tuple[float, float]
+) -> dict[str, torch.Tensor]:
     base = crop_faces([img], [box], spec, size)
     region = crop_regions(box, spec)[0]
     h, w = img.shape[-2:]
@@ -65,7 +72,7 @@ def variants(img: torch.Tensor, box: torch.Tensor, spec: CropSpec, size: int) ->
     return {
         "server crop (as is)": base,
         "crop kept inside the image": crop_faces([img], [kept_inside(region, w, h)], WHOLE_IMAGE, size),
-        "crop standardised to FER2013 mean/std": ((base - m) / s * FER_STD + FER_MEAN).clamp(0, 255),
+        "crop standardised to FER2013 mean/std": ((base - m) / s * fer[1] + fer[0]).clamp(0, 255),
         "crop histogram-equalised": t(cv2.equalizeHist(as_u8)),
         "resize: OpenCV bilinear, no antialias": t(
             cv2.resize(np.asarray(patch), (size, size), interpolation=cv2.INTER_LINEAR)
@@ -81,12 +88,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     p.add_argument("--limit", type=int, default=600)
     p.add_argument("--seed", type=int, default=2)
+    p.add_argument("--fer2013", type=Path, default=REPO.parent / "shared" / "data" / "fer2013.tar.gz")
     args = p.parse_args(argv)
+    fer = fer_stats(args.fer2013)
     pipe, cfg = build_server_pipeline(args.checkpoint, "cpu")
     clf = pipe.classifier
     photos = [x for x in list_photos(args.photos, args.limit, args.seed) if x.label in clf.classes]
     preds: dict[str, list[int]] = {}
     truth = []
+    levels: list[tuple[float, float]] = []
     for photo in photos:
         img = decode_image(photo.path.read_bytes(), max_pixels=cfg.max_pixels)
         (res,) = pipe.run(
@@ -96,13 +106,21 @@ def main(argv: list[str] | None = None) -> None:
             continue
         truth.append(clf.classes.index(str(photo.label)))
         box = torch.tensor([res.faces[0].box])
-        for name, crop in variants(img.tensor, box, clf.meta.crop, clf.input_size).items():
+        crops = variants(img.tensor, box, clf.meta.crop, clf.input_size, fer)
+        base = crops["server crop (as is)"]
+        levels.append((float(base.mean()), float(base.std())))
+        for name, crop in crops.items():
             preds.setdefault(name, []).append(int(clf.predict(crop).argmax(1)[0]))
     y = np.asarray(truth)
     neutral = y == clf.classes.index("neutral")
     print(
         f"{len(y)} photos with a face of {len(photos)} "
         f"({args.photos.name}, seed {args.seed}, {args.checkpoint.name})"
+    )
+    lv = np.asarray(levels)
+    print(
+        f"grey level mean / per-face std: FER2013 PublicTest {fer[0]:.1f} / {fer[1]:.1f}, "
+        f"server crops of these photos {lv[:, 0].mean():.1f} / {lv[:, 1].mean():.1f}"
     )
     print("| crop | accuracy, first face | neutral photos called angry / sad / neutral |")
     print("| --- | ---: | ---: |")

@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--layouts", default="deploy,trained", help="SSD head layouts to compare")
     p.add_argument(
         "--provenance",
         type=int,
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
             print("\n".join(provenance(args.photos, args.provenance, layout)), "\n")
         return
     rows = []
-    for layout in ("deploy", "trained"):
+    for layout in args.layouts.split(","):
         t0 = time.perf_counter()
         m = evaluate_photos(
             args.photos, args.checkpoint, args.device, limit=args.limit, detector_layout=layout
@@ -114,7 +115,11 @@ def main(argv: list[str] | None = None) -> None:
             f"| {layout} | {n} | {f['1'] / n:.1%} ({f['1']}) | {f['0'] / n:.1%} ({f['0']}) | "
             f"{f['2+'] / n:.1%} ({f['2+']}) | {m['accuracy_photos']:.2%} | {m['accuracy_first_face']:.2%} |"
         )
+        neutral = m["predicted_histogram_by_true"].get("neutral", {})
         print(rows[-1], f"({time.perf_counter() - t0:.0f} s)")
+        print(
+            f"  {layout}: true-neutral photos predicted as", ", ".join(f"{k} {v}" for k, v in neutral.items())
+        )
     if args.no_write:
         return
     cmd = " ".join(["python bench/phantoms.py", *(argv if argv is not None else sys.argv[1:])])
