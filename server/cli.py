@@ -72,7 +72,7 @@ class GracefulServer(uvicorn.Server):
 def build_server(app: FastAPI, settings: Settings, **overrides: Any) -> GracefulServer:
     """A uvicorn server for ``app`` configured from ``settings`` (used by tests and the benchmark too)."""
     options: dict[str, Any] = {
-        "http": bounded_head_protocol(settings.header_timeout_s),
+        "http": bounded_head_protocol(settings.header_timeout_s, settings.body_timeout_s),
         "ws": AbortingWebSocketProtocol,
         "host": settings.host,
         "port": settings.port,
