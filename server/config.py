@@ -94,7 +94,14 @@ class Settings(BaseSettings):
     )
 
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins whose pages may call the API and open streams (besides the server's own).",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names (or *.domain) the server answers to; empty: any. Probes answer any.",
+    )
 
     max_streams: int = Field(default=16, ge=1, le=10_000)
     stream_max_fps: float = Field(default=30.0, gt=0.0, le=1000.0)
@@ -103,7 +110,7 @@ class Settings(BaseSettings):
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
-    _split = field_validator("api_keys", "cors_origins", mode="before")(_split_csv)
+    _split = field_validator("api_keys", "cors_origins", "allowed_hosts", mode="before")(_split_csv)
 
     @field_validator("detector_input_size", mode="before")
     @classmethod

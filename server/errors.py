@@ -161,5 +161,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Starlette re-raises after this response is sent, so the server log gets the traceback.
+        # uvicorn closes the connection after a re-raised error, so the reply says so: a client
+        # that reused the connection would otherwise get a reset.
         log.error("unhandled error on %s %s: %r", request.method, request.url.path, exc)
-        return error_response(request, 500, "internal_error", "internal server error")
+        return error_response(
+            request, 500, "internal_error", "internal server error", {"Connection": "close"}
+        )
