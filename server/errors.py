@@ -16,7 +16,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from server.pipeline.batcher import BatcherClosed, BatcherFull
-from server.pipeline.decode import CorruptImage, DecodeError, ImageTooLarge, UnsupportedImage
+from server.pipeline.decode import (
+    CorruptImage,
+    DecodeError,
+    ImageTooComplex,
+    ImageTooLarge,
+    InvalidImageShape,
+    UnsupportedImage,
+)
 from shared.protocol import ErrorBody, ErrorDetail
 
 log = logging.getLogger(__name__)
@@ -81,7 +88,13 @@ class Overloaded(ApiError):
 
 
 #: Pipeline errors carry no HTTP knowledge; this is where they get a status.
-DECODE_STATUS: dict[type[DecodeError], int] = {UnsupportedImage: 415, CorruptImage: 400, ImageTooLarge: 413}
+DECODE_STATUS: dict[type[DecodeError], int] = {
+    UnsupportedImage: 415,
+    CorruptImage: 400,
+    ImageTooLarge: 413,
+    ImageTooComplex: 413,
+    InvalidImageShape: 422,
+}
 
 _HTTP_CODES = {
     400: "bad_request",

@@ -85,6 +85,16 @@ def build_pipeline(settings: Settings, device: str) -> Pipeline:
     return Pipeline(classifier, detector, device)
 
 
+def work_size(settings: Settings) -> tuple[int, int]:
+    """The smallest image size the pipeline needs: larger images are decoded reduced to it.
+
+    The detector sees the whole image at its input size; a face it can find (>= ~12 px there)
+    keeps >= 48 px, a full classifier crop, when each side stays 4x the detector's input.
+    """
+    width, height = settings.detector_input_size
+    return (4 * width, 4 * height)
+
+
 class Runtime:
     def __init__(
         self, settings: Settings, pipeline_factory: Callable[[Settings, str], Pipeline] = build_pipeline
@@ -159,7 +169,13 @@ class Runtime:
 
     async def decode(self, data: bytes, formats: Sequence[str] = SUPPORTED_FORMATS) -> DecodedImage:
         """Decode on the thread pool: Pillow releases the GIL, so decodes overlap each other and the model."""
-        fn = partial(decode_image, data, max_pixels=self.settings.max_pixels, formats=formats)
+        fn = partial(
+            decode_image,
+            data,
+            max_pixels=self.settings.max_pixels,
+            formats=formats,
+            work_size=work_size(self.settings),
+        )
         self._decoding += 1
         try:
             image = await asyncio.get_running_loop().run_in_executor(self._decode_pool, fn)

@@ -126,6 +126,7 @@ STATUS = {
     "image_too_large": 413,
     "unsupported_media_type": 415,
     "invalid_parameters": 422,
+    "invalid_image_shape": 422,
 }
 JPG, PNG = "image/jpeg", "image/png"
 
@@ -171,7 +172,7 @@ def hostile(astronaut_jpeg: bytes) -> list[Case]:
         Case(
             "1x1 PNG, detect=false", encode(np.zeros((1, 1, 4), np.uint8), "PNG"), "ok", PNG, "?detect=false"
         ),
-        Case("1x4000 PNG", encode(np.zeros((1, 4000, 3), np.uint8), "PNG"), "ok", PNG),
+        Case("1x4000 PNG", encode(np.zeros((1, 4000, 3), np.uint8), "PNG"), "invalid_image_shape", PNG),
         Case("multipart: image and file", two, "ok", two_type),
         Case("multipart: three files", three, "bad_request", three_type),
         Case("multipart: 'image' is a text field", text, "invalid_parameters", text_type),

@@ -42,9 +42,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         400: "corrupt image, empty body or malformed multipart",
         401: "missing or invalid API key",
         408: "the body did not arrive within the body timeout",
-        413: "body or pixel count over the limit",
+        413: "body or pixel count over the limit, or a JPEG with too many scans",
         415: "not a JPEG, PNG or WebP image",
-        422: "bad query parameters",
+        422: "bad query parameters, or an image with an extreme aspect ratio",
         503: "model not loaded yet, or overloaded",
     }.items()
 }
