@@ -18,12 +18,12 @@ from conftest import encode
 from PIL import Image
 from test_reliability_exhaustion import many_scan_jpeg
 
+from server.model.checkpoint import CropSpec
 from server.pipeline.crop import crop_faces, crop_whole_images
 from server.pipeline.decode import ImageTooComplex, InvalidImageShape, decode_image
-from server.model.checkpoint import CropSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from serverproc import ServerProcess  # noqa: E402
+from serverproc import ServerProcess
 
 LIMIT = 40_000_000
 

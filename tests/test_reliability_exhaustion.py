@@ -236,7 +236,9 @@ def test_an_ordinary_progressive_jpeg_is_decoded(srv: LiveServer, astronaut: np.
     assert resp.status_code == 200 and len(resp.json()["faces"]) == 1
 
 
-def test_a_large_photo_is_decoded_at_the_size_the_pipeline_needs(srv: LiveServer, astronaut: np.ndarray) -> None:
+def test_a_large_photo_is_decoded_at_the_size_the_pipeline_needs(
+    srv: LiveServer, astronaut: np.ndarray
+) -> None:
     """A 6000x4500 JPEG is decoded at a reduced DCT scale; the face box still comes back in the
     photo's own pixels, where the same scene at 1/5 the size puts it (within rounding)."""
     small = np.full((900, 1200, 3), 128, np.uint8)
@@ -263,7 +265,9 @@ def test_memory_per_request_is_bounded_by_what_the_model_needs(srv: LiveServer, 
     """Was: a 39 KB black 6324x6324 PNG with detect=false added 1.6 GB of RSS (full-size float
     copies, a roi_align buffer as large as the box). Now the peak stays near the decode itself."""
     data = zero_png(6000)  # 36 MP, 0.1 MB
-    httpx.post(srv.url + "/v1/predict?detect=false", content=jpeg(np.zeros((64, 64, 3), np.uint8)), headers=auth())
+    httpx.post(
+        srv.url + "/v1/predict?detect=false", content=jpeg(np.zeros((64, 64, 3), np.uint8)), headers=auth()
+    )
     gc.collect()
     base = rss_mb()
     reset_peak()
