@@ -104,7 +104,16 @@ class Settings(BaseSettings):
     )
 
     max_streams: int = Field(default=16, ge=1, le=10_000)
+    max_streams_per_client: int = Field(
+        default=0, ge=0, le=10_000, description="Streams one API key (else one address) may hold; 0: no cap."
+    )
     stream_max_fps: float = Field(default=30.0, gt=0.0, le=1000.0)
+    stream_idle_timeout_s: float = Field(
+        default=60.0,
+        ge=0.0,
+        le=86400.0,
+        description="A stream with no frame this long is closed (4408); 0: never.",
+    )
     shutdown_timeout_s: float = Field(
         default=10.0, ge=0.0, description="Grace period for in-flight work on shutdown."
     )
@@ -187,7 +196,9 @@ class Settings(BaseSettings):
             "max_batch_size": self.max_batch_size,
             "max_wait_ms": self.max_wait_ms,
             "max_streams": self.max_streams,
+            "max_streams_per_client": self.max_streams_per_client,
             "stream_max_fps": self.stream_max_fps,
+            "stream_idle_timeout_s": self.stream_idle_timeout_s,
             "header_timeout_s": self.header_timeout_s,
             "body_timeout_s": self.body_timeout_s,
         }

@@ -34,23 +34,28 @@ class Closable(Protocol):
 
 
 class StreamHub:
-    """Open streams, so there is a cap on them and shutdown can close each one properly."""
+    """Open streams, so there is a cap on them (in all, and per client) and shutdown can close
+    each one properly."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, per_client: int = 0) -> None:
         self.limit = limit
-        self._open: set[Closable] = set()
+        self.per_client = per_client  # 0: no per-client cap
+        self._open: dict[Closable, str] = {}  # stream -> client
 
     def __len__(self) -> int:
         return len(self._open)
 
-    def try_add(self, stream: Closable) -> bool:
+    def try_add(self, stream: Closable, client: str = "") -> str | None:
+        """None if ``stream`` got a slot, else why not."""
         if len(self._open) >= self.limit:
-            return False
-        self._open.add(stream)
-        return True
+            return f"server at its limit of {self.limit} streams"
+        if self.per_client and sum(c == client for c in self._open.values()) >= self.per_client:
+            return f"client at its limit of {self.per_client} streams"
+        self._open[stream] = client
+        return None
 
     def discard(self, stream: Closable) -> None:
-        self._open.discard(stream)
+        self._open.pop(stream, None)
 
     async def close_all(self, code: int, reason: str, timeout: float) -> None:
         if self._open:
@@ -102,7 +107,7 @@ class Runtime:
         self.settings = settings
         self.device = settings.torch_device()
         self.metrics = Metrics()
-        self.streams = StreamHub(settings.max_streams)
+        self.streams = StreamHub(settings.max_streams, settings.max_streams_per_client)
         self.meta: CheckpointMeta = read_meta(settings.checkpoint)  # fails fast on a wrong file
         self.pipeline: Pipeline | None = None
         self.batcher: Batcher[Job, JobResult] | None = None

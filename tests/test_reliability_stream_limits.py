@@ -19,6 +19,7 @@ import pytest
 from server_harness import LiveServer, frame_640x480, jpeg, recv_json, retry, run, server_settings
 from test_server_stream import close_code
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from shared.protocol import ErrorBody, StreamResult
 
@@ -125,11 +126,12 @@ def test_a_cross_site_page_cannot_open_a_stream(srv: LiveServer, frame: bytes) -
     async def attempt(origin: str | None) -> tuple[int, str] | int:
         headers = {"Origin": origin} if origin else {}
         async with connect(ws_url(srv), additional_headers=headers) as ws:
-            await ws.send(frame)
             try:
+                await ws.send(frame)
                 return int((await recv_json(ws))["frame"])
-            except Exception:
-                return await close_code(ws)
+            except ConnectionClosed as exc:
+                assert exc.rcvd is not None
+                return exc.rcvd.code, exc.rcvd.reason
 
     port = srv.port
     assert run(attempt("http://evil.example")) == (1008, "origin not allowed")
