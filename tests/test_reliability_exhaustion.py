@@ -375,3 +375,29 @@ def test_a_host_outside_the_allow_list_is_refused(srv: LiveServer) -> None:
 
 def test_any_host_is_accepted_by_default(tiny_checkpoint: Path) -> None:
     assert Settings(checkpoint=tiny_checkpoint, device="cpu").allowed_hosts == []
+
+
+# ----------------------------------------------------------------------------- 3. hanging up
+
+
+def test_a_request_whose_client_hung_up_is_not_decoded(tiny_checkpoint: Path) -> None:
+    """With one decode thread busy, a second request's client hangs up while its decode is
+    queued: the decode never starts (was: it ran anyway, costing the same again)."""
+    slow = many_scan_jpeg(7000, 5000, 18)  # 35 MP x 28 scans: allowed, about a second to decode
+    server = LiveServer(server_settings(tiny_checkpoint, decode_threads=1)).start()
+    try:
+        decodes = lambda: server.metric("emotion_stage_duration_seconds_count", stage="decode")  # noqa: E731
+        before = decodes()
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(httpx.post, server.url + "/v1/predict", content=slow, timeout=120)
+            time.sleep(0.3)  # the first decode is running
+            head = f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: {len(slow)}\r\n\r\n".encode()
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                sock.sendall(head + slow)
+                time.sleep(0.3)  # the body is read, its decode queued behind the first
+            assert first.result().status_code == 200
+        time.sleep(3.0)  # long enough for a second decode to have run
+        assert decodes() - before == 1
+        assert retry(lambda: server.metric("emotion_errors_total", code="client_disconnected") == 1)
+    finally:
+        server.stop()

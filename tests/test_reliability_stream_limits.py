@@ -186,3 +186,33 @@ def test_newest_frame_wins_under_the_fps_cap(srv: LiveServer, frame: bytes) -> N
     assert frames[-1] == sent - 1 and frames == sorted(set(frames))
     assert len(replies) + sum(r["dropped"] for r in replies) == sent
     assert len(replies) <= FPS * elapsed + 3  # the cap holds (2 frames of burst allowance)
+
+
+# ----------------------------------------------------------------------------- 7. one client, all slots
+
+
+def test_one_client_cannot_take_every_slot(tiny_checkpoint: Path, frame: bytes) -> None:
+    keys = ("client-one-0123456789", "client-two-0123456789")
+    settings = server_settings(
+        tiny_checkpoint, api_keys=",".join(keys), max_streams=4, max_streams_per_client=2
+    )
+    server = LiveServer(settings).start()
+
+    def url(key: str) -> str:
+        return f"{server.ws_url}?api_key={key}"
+
+    async def main() -> tuple[tuple[int, str], int]:
+        async with connect(url(keys[0])), connect(url(keys[0])):
+            assert retry(lambda: server.metric("emotion_active_streams") == 2)
+            async with connect(url(keys[0])) as third:
+                refused = await close_code(third)
+            async with connect(url(keys[1])) as other:  # another client still gets a slot
+                await other.send(frame)
+                return refused, int((await recv_json(other))["frame"])
+
+    try:
+        refused, answered = run(main())
+    finally:
+        server.stop()
+    assert refused == (1013, "client at its limit of 2 streams; try again later")
+    assert answered == 0
