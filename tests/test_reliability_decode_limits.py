@@ -5,7 +5,6 @@ warnings that reach the log rate-limited (a real ``emotion-server`` process)."""
 from __future__ import annotations
 
 import io
-import struct
 import sys
 import time
 from pathlib import Path
@@ -16,13 +15,13 @@ import pytest
 import torch
 from conftest import encode
 from PIL import Image
-from test_reliability_exhaustion import many_scan_jpeg
 
 from server.model.checkpoint import CropSpec
 from server.pipeline.crop import crop_faces, crop_whole_images
 from server.pipeline.decode import ImageTooComplex, InvalidImageShape, decode_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from hardening import exif_bomb_jpeg, many_scan_jpeg
 from serverproc import ServerProcess
 
 LIMIT = 40_000_000
@@ -109,17 +108,6 @@ def test_crop_of_an_ordinary_face_is_unchanged_by_the_windowing(astronaut: np.nd
 
 
 # ----------------------------------------------------------------------------- 10. warnings
-
-
-def exif_bomb_jpeg() -> bytes:
-    """A small JPEG whose EXIF block has 5000 entries that each point past its end: Pillow warns
-    once per entry ("Tag data larger than file")."""
-    n = 5000
-    ifd = struct.pack("<H", n) + b"".join(struct.pack("<HHII", 0x9000 + i, 4, 1000, 8) for i in range(n))
-    tiff = b"II*\0" + struct.pack("<I", 8) + ifd + b"\0\0\0\0"
-    app1 = b"Exif\0\0" + tiff
-    data = encode(np.full((64, 64, 3), 128, np.uint8))
-    return data[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + data[2:]
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import io
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,12 +22,14 @@ import numpy as np
 import pytest
 from PIL import Image
 from server_harness import LiveServer, faces_canvas, jpeg, retry, server_settings
-from test_reliability_rest import png_from_rows, zero_png
 
 from server.config import Settings
 from server.pipeline.runner import Pipeline
 from server.runtime import build_pipeline
 from shared.protocol import ErrorBody, PredictResponse
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from hardening import black_png, many_scan_jpeg, png_from_rows
 
 MiB = 1024 * 1024
 KEY = "exhaust-key-0123456789"
@@ -187,36 +190,6 @@ def test_one_more_byte_after_an_unread_body_does_not_keep_the_connection(
 # ----------------------------------------------------------------------------- 3. slow JPEG decode
 
 
-def jpeg_segments(data: bytes) -> list[tuple[int, int, int]]:
-    """(marker, start, end) of each segment; a scan's end includes its entropy-coded data."""
-    i, out = 2, []
-    while i < len(data):
-        marker = data[i + 1]
-        if marker == 0xD9:
-            out.append((marker, i, i + 2))
-            break
-        end = i + 2 + int.from_bytes(data[i + 2 : i + 4], "big")
-        if marker == 0xDA:
-            while True:
-                end = data.index(b"\xff", end)
-                if data[end + 1] == 0 or 0xD0 <= data[end + 1] <= 0xD7:
-                    end += 2
-                    continue
-                break
-        out.append((marker, i, end))
-        i = end
-    return out
-
-
-def many_scan_jpeg(width: int, height: int, repeats: int) -> bytes:
-    """A valid progressive JPEG whose last scan is repeated ``repeats`` times: small, slow to decode."""
-    buf = io.BytesIO()
-    Image.fromarray(np.zeros((height, width, 3), np.uint8)).save(buf, "JPEG", progressive=True, quality=50)
-    data = buf.getvalue()
-    _, start, end = [s for s in jpeg_segments(data) if s[0] == 0xDA][-1]
-    return data[:end] + data[start:end] * repeats + data[end:]
-
-
 def test_a_jpeg_with_thousands_of_scans_is_refused_before_decoding(srv: LiveServer) -> None:
     """Was: a 40 MP progressive JPEG whose scan is repeated 4,000 times took 12.7 s to decode
     and held up everyone else. The scans are counted from the markers before decoding."""
@@ -264,7 +237,7 @@ def test_a_large_photo_is_decoded_at_the_size_the_pipeline_needs(
 def test_memory_per_request_is_bounded_by_what_the_model_needs(srv: LiveServer, detect: str) -> None:
     """Was: a 39 KB black 6324x6324 PNG with detect=false added 1.6 GB of RSS (full-size float
     copies, a roi_align buffer as large as the box). Now the peak stays near the decode itself."""
-    data = zero_png(6000)  # 36 MP, 0.1 MB
+    data = black_png(6000, 6000, color=2)  # 36 MP RGB, 0.1 MB
     httpx.post(
         srv.url + "/v1/predict?detect=false", content=jpeg(np.zeros((64, 64, 3), np.uint8)), headers=auth()
     )

@@ -13,6 +13,7 @@ import io
 import logging
 import socket
 import struct
+import sys
 import time
 import zlib
 from collections.abc import Iterator
@@ -26,6 +27,9 @@ from conftest import encode
 from PIL import Image
 from server_harness import LiveServer, faces_canvas, jpeg, retry, server_settings
 from test_decode import jpeg_claiming, png_claiming
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from hardening import png_chunk, png_from_rows
 
 from shared.protocol import ErrorBody, PredictResponse
 
@@ -41,20 +45,6 @@ def srv(tiny_checkpoint: Path) -> Iterator[LiveServer]:
 
 
 # ----------------------------------------------------------------------------- hostile images
-
-
-def png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def png_from_rows(width: int, height: int, depth: int, color: int, rows: Iterator[bytes]) -> bytes:
-    """A PNG streamed from raw scanlines (filter byte included), compressed as they come."""
-    z = zlib.compressobj(6)
-    idat = b"".join(z.compress(row) for row in rows) + z.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, depth, color, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
-    )
 
 
 def zero_png(side: int) -> bytes:

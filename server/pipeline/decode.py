@@ -46,6 +46,8 @@ JPEG_SCAN_BUDGET = 1_000_000_000
 MAX_JPEG_SCANS = 256
 #: Wider or taller than this (e.g. 4000x1) holds no face; panoramas are ~10:1.
 MAX_ASPECT_RATIO = 50.0
+#: Modes Image.reduce averages as they are (others are converted to RGB first).
+_REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "I", "F"})
 _SOS, _EOI = b"\xff\xda", b"\xff\xd9"
 _STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RSTn, SOI: markers without a length
 
@@ -238,10 +240,15 @@ def decode_image(
         except Exception as exc:  # a broken EXIF block should not cost the whole image
             log.debug("ignoring unreadable EXIF orientation: %r", exc)
         size = stored if img.size == decoded else stored[::-1]  # orientations 5-8 swap the sides
+        fx, fy = _reduction(img.size, work_size)
+        if (fx > 1 or fy > 1) and img.mode in _REDUCIBLE:
+            reduced = img.reduce((fx, fy))  # a box filter, before any conversion copies the full image
+            img.close()
+            img = reduced
         upright = to_rgb(img)
         fx, fy = _reduction(upright.size, work_size)
         if fx > 1 or fy > 1:
-            upright = upright.reduce((fx, fy))  # a box filter: each output pixel averages fx x fy
+            upright = upright.reduce((fx, fy))
         rgb = np.array(upright)  # a writable copy that torch can own
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise CorruptImage(f"corrupt or truncated {img.format or 'image'} data") from exc
