@@ -128,7 +128,9 @@ def _crop_one(img: torch.Tensor, region: list[float], size: int) -> torch.Tensor
     roi = torch.tensor(
         [[0.0, (x1 - left) / fx, (y1 - top) / fy, (x2 - left) / fx, (y2 - top) / fy]], device=img.device
     )
-    crop = roi_align(gray, roi, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    crop: torch.Tensor = roi_align(
+        gray, roi, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True
+    )
     return crop[0]
 
 
