@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from shared.protocol import ErrorBody, StreamResult
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from hardening import many_scan_jpeg
 
 IDLE_S = 1.5
 FPS = 5.0
@@ -216,3 +220,23 @@ def test_one_client_cannot_take_every_slot(tiny_checkpoint: Path, frame: bytes) 
         server.stop()
     assert refused == (1013, "client at its limit of 2 streams; try again later")
     assert answered == 0
+
+
+# ----------------------------------------------------------------------------- 3, 4: frames
+
+
+def test_stream_frames_get_the_same_decode_limits(srv: LiveServer) -> None:
+    """A frame with thousands of scans closes with 1009, one 4000x1 with 1003, both before decoding."""
+    many_scans = many_scan_jpeg(3000, 2000, 2000)
+    sliver = jpeg(np.zeros((1, 4000, 3), np.uint8))
+
+    async def send(data: bytes) -> tuple[tuple[int, str], float]:
+        async with connect(ws_url(srv)) as ws:
+            start = time.monotonic()
+            await ws.send(data)
+            return await close_code(ws), time.monotonic() - start
+
+    (code, reason), elapsed = run(send(many_scans))
+    assert code == 1009 and "scans" in reason and elapsed < 2.0
+    (code, reason), _ = run(send(sliver))
+    assert code == 1003 and "aspect" in reason
