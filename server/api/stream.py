@@ -203,8 +203,9 @@ class StreamSession:
         while True:
             if idle:
                 try:
-                    timeout = max(self.last_activity + idle - time.monotonic(), 0.0)
-                    message = await asyncio.wait_for(self.ws.receive(), timeout)
+                    remaining = self.last_activity + idle - time.monotonic()
+                    # past the deadline only while a frame is answered: look again in ``idle``
+                    message = await asyncio.wait_for(self.ws.receive(), remaining if remaining > 0 else idle)
                 except TimeoutError:
                     if (
                         self.pending is None
