@@ -2,8 +2,9 @@
 
 Sending never waits for a reply (up to `max_inflight` frames are pipelined) and the frame
 index the server echoes is matched to its send time for the round-trip latency. When the
-server goes away the session reconnects with backoff while capture and display keep going;
-a refused key ends it at once.
+server goes away mid-session the session reconnects with backoff while capture and display
+keep going; a server that never answered (wrong --server, not started) or a refused key ends
+it at once.
 """
 
 from __future__ import annotations
@@ -177,6 +178,13 @@ class StreamSession:
                 down_since = None
             now = time.monotonic()
             down_since = down_since or now
+            if self.stats.connections == 0 and self.opts.retry_for is None:
+                # Never reached: most likely a wrong --server or a server not started; a loop of
+                # retries would only hide that. --retry-for waits for a server that is coming up.
+                raise ServerUnavailable(
+                    f"{problem}; is the server running and --server right? "
+                    "(--retry-for SECONDS waits for a server that is still starting)"
+                ) from problem
             if self.opts.retry_for is not None and now - down_since > self.opts.retry_for:
                 raise problem
             delay = backoff.next_delay()
