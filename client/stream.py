@@ -230,9 +230,15 @@ class StreamSession:
         while True:
             while conn.sent - (self._answered + 1) >= self.opts.max_inflight:
                 self._progress.clear()
-                try:  # a reply that never comes (frame rejected) must not stall us forever
-                    await asyncio.wait_for(self._progress.wait(), 1.0)
-                except TimeoutError:
+                # A reply that never comes (frame rejected) must not stall us forever. Not wait_for:
+                # on Python 3.11 it swallows a cancel that lands as the reply arrives, and this task
+                # would then outlive its connection.
+                waiter = asyncio.ensure_future(self._progress.wait())
+                try:
+                    await asyncio.wait({waiter}, timeout=1.0)
+                finally:
+                    waiter.cancel()
+                if not self._progress.is_set():
                     break
             frame = await self.slot.take()
             if frame is None:
@@ -274,7 +280,7 @@ class StreamSession:
             "timing_ms": msg.timing_ms.model_dump(mode="json"),
         }
         self.jsonl.write(json.dumps(rec, separators=(",", ":")) + "\n")
-        self.jsonl.flush()
+        self.jsonl.flush()  # a reader that left (`| head`) raises BrokenPipeError: main() exits quietly
 
     def _set_status(self, text: str, error: bool = False) -> None:
         self.status, self.status_error = text, error
