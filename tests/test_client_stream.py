@@ -161,11 +161,8 @@ def test_output_into_a_closed_pipe_ends_quietly(server: LiveServer, tmp_path: Pa
     """`emotion-client ... | head -3`: the reader leaves early; no BrokenPipeError traceback, no hang."""
     image = tmp_path / "a.jpg"
     image.write_bytes(cv2.imencode(".jpg", np.full((64, 64, 3), 90, np.uint8))[1].tobytes())
-    args = (
-        ["predict", str(image)]
-        if command == "predict"
-        else ["stream", "--images", str(tmp_path), "--loop", "--fps", "20", "--no-display", "--duration", "20"]
-    )
+    stream = ["stream", "--images", str(tmp_path), "--loop", "--fps", "20", "--no-display", "--duration=20"]
+    args = ["predict", str(image)] if command == "predict" else stream
     proc = subprocess.Popen(
         [sys.executable, "-m", "client", *args, "--server", server.url],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
