@@ -49,8 +49,8 @@ PAGE_TEXT = """JSON.stringify({
   placeholder_visible: !document.getElementById('placeholder').hidden,
   fps: document.getElementById('fps').textContent,
   latency: document.getElementById('latency').textContent,
-  stale: document.getElementById('result').classList.contains('stale'),
-  note: document.getElementById('result-note').textContent,
+  stale: Boolean(document.querySelector('#result.stale')),
+  note: (document.getElementById('result-note') || {}).textContent || '',
   status: document.getElementById('status').textContent,
   message: document.getElementById('message').textContent,
 })"""
