@@ -17,6 +17,9 @@ import numpy as np
 import pytest
 from cdp import Chromium, find_chromium, write_y4m
 from liveserver import LiveServer, settings_for
+from selfsigned import make_cert
+from server_harness import LiveServer as HarnessServer
+from server_harness import server_settings
 
 pytestmark = pytest.mark.slow
 KEY = "browser-test-key-1"
@@ -192,3 +195,36 @@ def test_page_greys_stale_results_while_reconnecting_then_recovers(
     assert stale_ui["stale"] and "reconnecting" in stale_ui["note"], stale_ui
     assert "reconnecting" in stale_ui["status"], stale_ui
     assert not back_ui["stale"] and back_ui["note"] == "" and back_ui["fps"] != "–", back_ui
+
+
+def test_remote_camera_page_needs_https_and_works_over_it(
+    tiny_checkpoint: Path, open_settings: Any, chromium_exe: str, camera: Path, tmp_path: Path
+) -> None:
+    """A browser on another machine: the host is not localhost, so only HTTPS gives it the camera.
+
+    `emotion.test` is mapped to 127.0.0.1 inside Chromium, so the page is not a localhost page;
+    the self-signed certificate is accepted with --ignore-certificate-errors (a real deployment
+    uses a trusted one: README "HTTPS for remote cameras")."""
+    cert, key = make_cert(tmp_path / "tls", ("emotion.test",))
+    tls = HarnessServer(
+        server_settings(tiny_checkpoint, ssl_certfile=cert, ssl_keyfile=key, log_level="warning")
+    ).start(wait_ready=False)
+    plain = LiveServer(open_settings).start()
+    flags = ("--host-resolver-rules=MAP emotion.test 127.0.0.1", "--ignore-certificate-errors")
+    browser = Chromium(chromium_exe, camera, tmp_path / "profile", extra_args=flags)
+    try:
+        browser.send("Page.navigate", url=f"http://emotion.test:{plain.port}/")
+        assert browser.wait_for("emotionApp.status === 'error'", 20), browser.log_tail()
+        insecure = json.loads(browser.evaluate(PAGE_TEXT))
+        assert browser.evaluate("window.isSecureContext") is False
+
+        browser.send("Page.navigate", url=f"https://emotion.test:{tls.port}/")
+        n = browser.wait_for("emotionApp.results >= 3 && emotionApp.results", 60)
+        secure = browser.evaluate("window.isSecureContext")
+        faces = browser.evaluate("emotionApp.lastResult.faces.length")
+    finally:
+        browser.close()
+        plain.stop()
+        tls.stop()
+    assert "https" in insecure["message"] and insecure["toggle"] == "Retry", insecure
+    assert secure is True and n and n >= 3 and faces >= 1
