@@ -162,3 +162,25 @@ def test_image_warmup_step_runs(
     monkeypatch.setenv("EMOTION_CACHE_DIR", str(tmp_path))
     assert main([*argv, "--checkpoint", str(tiny_checkpoint), "--torch-threads", "1"]) == 0
     assert list(tmp_path.glob("*.safetensors")), "the detector cache is baked into the image"
+
+
+def _pins(command: str) -> tuple[str, str]:
+    torch = re.search(r"\btorch==(\S+)", command)
+    vision = re.search(r"\btorchvision==(\S+)", command)
+    assert torch and vision, command
+    return torch.group(1), vision.group(1)
+
+
+def test_readme_offers_a_cpu_only_install_next_to_the_default() -> None:
+    """The first two commands stay as they are (PyPI only, they work on any fresh machine); a
+    CPU-only variant of the server install sits beside them, with the same tested versions."""
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+    first = [line for line in blocks[0].splitlines() if line.strip() and not line.startswith("#")]
+    assert len(first) == 2 and all("--index-url" not in line for line in first)
+    assert '-e ".[server]"' in first[0] and "emotion-server" in first[0] and '-e ".[dev]"' in first[1]
+    cpu = next(b for b in blocks if "download.pytorch.org/whl/cpu" in b).replace("\\\n", " ")
+    assert "--index-url https://download.pytorch.org/whl/cpu" in cpu and '-e ".[server]"' in cpu
+    assert _pins(cpu) == _pins(first[0]) == _pins(first[1])
+    section = readme[: readme.index("## Layout")]
+    assert section.index("download.pytorch.org/whl/cpu") > section.index(first[1]), "next to the default"
