@@ -93,9 +93,11 @@ def test_page_asks_for_the_key_then_streams_and_draws(
         browser.send("Page.navigate", url=server.url + "/")
         # Keys are on (GET /v1/info): the page shows the key form and does not connect yet.
         assert browser.wait_for("!document.getElementById('key-form').hidden", 20), browser.log_tail()
-        assert browser.wait_for("emotionApp.status === 'key'", 20), (
+        assert browser.wait_for("emotionApp.running && emotionApp.status === 'key'", 20), (
             "the camera starts, the stream waits for a key"
         )
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.screenshot(ARTIFACTS / "browser-key-required.png")
         # No key was typed, so none was refused: "required", not "refused".
         pill = browser.evaluate("document.getElementById('status').textContent")
         shown = browser.evaluate("document.getElementById('message').textContent")
@@ -151,6 +153,8 @@ def test_page_without_a_camera_offers_retry(open_settings: Any, chromium_exe: st
             browser.send("Page.navigate", url=srv.url + "/")
             assert browser.wait_for("emotionApp.status === 'error'", 20), browser.log_tail()
             ui = json.loads(browser.evaluate(PAGE_TEXT))
+            ARTIFACTS.mkdir(exist_ok=True)
+            browser.screenshot(ARTIFACTS / "browser-no-camera.png")
         finally:
             browser.close()
     assert ui["toggle"] == "Retry" and not ui["disabled"], ui
@@ -175,6 +179,8 @@ def test_page_greys_stale_results_while_reconnecting_then_recovers(
         browser.wait_for(NEXT_FRAMES, 5)
         stale = browser.evaluate(OVERLAY_PIXELS)
         stale_ui = json.loads(browser.evaluate(PAGE_TEXT))
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.screenshot(ARTIFACTS / "browser-reconnecting.png")
         second = LiveServer(open_settings, port=first.port).start()
         n = browser.evaluate("emotionApp.results")
         assert browser.wait_for(f"emotionApp.status === 'live' && emotionApp.results > {n} + 2", 45)

@@ -362,7 +362,7 @@
   // --- controls -----------------------------------------------------------------------------
 
   async function start() {
-    say('');
+    if (state.status !== 'key') say(''); // keep "requires a key" while the camera starts
     ui.toggle.disabled = true;
     ui.toggle.textContent = 'Starting…';
     ui.placeholder.hidden = false;
