@@ -95,10 +95,26 @@ class Settings(BaseSettings):
     )
 
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins whose pages may call the API and open streams (besides the server's own).",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names (or *.domain) the server answers to; empty: any. Probes answer any.",
+    )
 
     max_streams: int = Field(default=16, ge=1, le=10_000)
+    max_streams_per_client: int = Field(
+        default=0, ge=0, le=10_000, description="Streams one API key (else one address) may hold; 0: no cap."
+    )
     stream_max_fps: float = Field(default=30.0, gt=0.0, le=1000.0)
+    stream_idle_timeout_s: float = Field(
+        default=60.0,
+        ge=0.0,
+        le=86400.0,
+        description="A stream with no frame this long is closed (4408); 0: never.",
+    )
     shutdown_timeout_s: float = Field(
         default=10.0, ge=0.0, description="Grace period for in-flight work on shutdown."
     )
@@ -142,7 +158,7 @@ class Settings(BaseSettings):
 
     # --- end TLS
 
-    _split = field_validator("api_keys", "cors_origins", mode="before")(_split_csv)
+    _split = field_validator("api_keys", "cors_origins", "allowed_hosts", mode="before")(_split_csv)
 
     @field_validator("detector_input_size", mode="before")
     @classmethod
@@ -219,7 +235,9 @@ class Settings(BaseSettings):
             "max_batch_size": self.max_batch_size,
             "max_wait_ms": self.max_wait_ms,
             "max_streams": self.max_streams,
+            "max_streams_per_client": self.max_streams_per_client,
             "stream_max_fps": self.stream_max_fps,
+            "stream_idle_timeout_s": self.stream_idle_timeout_s,
             "header_timeout_s": self.header_timeout_s,
             "body_timeout_s": self.body_timeout_s,
         }
