@@ -15,6 +15,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 
 from server.api import health, rest, stream
+from server.api.docs import create_documented_app
+from server.api.guards import AllowedHosts, HeadAsGet
 from server.config import Settings
 from server.errors import install_error_handlers
 from server.metrics import RequestMetricsMiddleware
@@ -72,7 +74,7 @@ def create_app(
         finally:
             await runtime.close()
 
-    app = FastAPI(
+    app = create_documented_app(
         title="emotion-service",
         summary="Faces and their FER2013 emotions, per image (REST) or per webcam frame (WebSocket).",
         version="1",
@@ -91,6 +93,9 @@ def create_app(
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
             max_age=600,
         )
+    app.add_middleware(HeadAsGet)
+    if settings.allowed_hosts:
+        app.add_middleware(AllowedHosts, hosts=settings.allowed_hosts)
     app.add_middleware(RequestMetricsMiddleware, metrics=runtime.metrics, routes=ROUTES)
     app.include_router(web_router(WEB_DIR))
     return app

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from server.model.checkpoint import DEFAULT_CHECKPOINT
@@ -94,16 +95,70 @@ class Settings(BaseSettings):
     )
 
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins whose pages may call the API and open streams (besides the server's own).",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names (or *.domain) the server answers to; empty: any. Probes answer any.",
+    )
 
     max_streams: int = Field(default=16, ge=1, le=10_000)
+    max_streams_per_client: int = Field(
+        default=0, ge=0, le=10_000, description="Streams one API key (else one address) may hold; 0: no cap."
+    )
     stream_max_fps: float = Field(default=30.0, gt=0.0, le=1000.0)
+    stream_idle_timeout_s: float = Field(
+        default=60.0,
+        ge=0.0,
+        le=86400.0,
+        description="A stream with no frame this long is closed (4408); 0: never.",
+    )
     shutdown_timeout_s: float = Field(
         default=10.0, ge=0.0, description="Grace period for in-flight work on shutdown."
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
-    _split = field_validator("api_keys", "cors_origins", mode="before")(_split_csv)
+    # --- TLS: HTTPS/WSS served by uvicorn itself (browsers give the camera only to HTTPS or localhost
+    # pages, so a remote browser needs this or a TLS reverse proxy; README "HTTPS for remote cameras").
+    ssl_certfile: Path | None = Field(
+        default=None, description="PEM certificate (full chain); with ssl_keyfile: HTTPS and WSS."
+    )
+    ssl_keyfile: Path | None = Field(default=None, description="PEM private key of ssl_certfile.")
+    ssl_keyfile_password: SecretStr | None = Field(default=None, description="Password of an encrypted key.")
+
+    @field_validator("ssl_certfile", "ssl_keyfile", "ssl_keyfile_password", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """``EMOTION_SSL_CERTFILE=`` (compose passes unset variables as empty) means no TLS."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _tls_pair_loads(self) -> Settings:
+        """Both files or neither, and they must load as a pair: a typo fails at startup, not per client."""
+        cert, key = self.ssl_certfile, self.ssl_keyfile
+        if cert is None and key is None:
+            return self
+        if cert is None or key is None:
+            raise ValueError("TLS needs both ssl_certfile and ssl_keyfile (EMOTION_SSL_CERTFILE/KEYFILE)")
+        for name, path in (("ssl_certfile", cert), ("ssl_keyfile", key)):
+            if not path.is_file():
+                raise ValueError(f"{name} {path} does not exist")
+        password = self.ssl_keyfile_password.get_secret_value() if self.ssl_keyfile_password else None
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password)
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(f"cannot load TLS certificate {cert} with key {key}: {exc}") from None
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.ssl_certfile is not None
+
+    # --- end TLS
+
+    _split = field_validator("api_keys", "cors_origins", "allowed_hosts", mode="before")(_split_csv)
 
     @field_validator("detector_input_size", mode="before")
     @classmethod
@@ -180,7 +235,9 @@ class Settings(BaseSettings):
             "max_batch_size": self.max_batch_size,
             "max_wait_ms": self.max_wait_ms,
             "max_streams": self.max_streams,
+            "max_streams_per_client": self.max_streams_per_client,
             "stream_max_fps": self.stream_max_fps,
+            "stream_idle_timeout_s": self.stream_idle_timeout_s,
             "header_timeout_s": self.header_timeout_s,
             "body_timeout_s": self.body_timeout_s,
         }

@@ -34,23 +34,28 @@ class Closable(Protocol):
 
 
 class StreamHub:
-    """Open streams, so there is a cap on them and shutdown can close each one properly."""
+    """Open streams, so there is a cap on them (in all, and per client) and shutdown can close
+    each one properly."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, per_client: int = 0) -> None:
         self.limit = limit
-        self._open: set[Closable] = set()
+        self.per_client = per_client  # 0: no per-client cap
+        self._open: dict[Closable, str] = {}  # stream -> client
 
     def __len__(self) -> int:
         return len(self._open)
 
-    def try_add(self, stream: Closable) -> bool:
+    def try_add(self, stream: Closable, client: str = "") -> str | None:
+        """None if ``stream`` got a slot, else why not."""
         if len(self._open) >= self.limit:
-            return False
-        self._open.add(stream)
-        return True
+            return f"server at its limit of {self.limit} streams"
+        if self.per_client and sum(c == client for c in self._open.values()) >= self.per_client:
+            return f"client at its limit of {self.per_client} streams"
+        self._open[stream] = client
+        return None
 
     def discard(self, stream: Closable) -> None:
-        self._open.discard(stream)
+        self._open.pop(stream, None)
 
     async def close_all(self, code: int, reason: str, timeout: float) -> None:
         if self._open:
@@ -85,6 +90,16 @@ def build_pipeline(settings: Settings, device: str) -> Pipeline:
     return Pipeline(classifier, detector, device)
 
 
+def work_size(settings: Settings) -> tuple[int, int]:
+    """The smallest image size the pipeline needs: larger images are decoded reduced to it.
+
+    The detector sees the whole image at its input size; a face it can find (>= ~12 px there)
+    keeps >= 48 px, a full classifier crop, when each side stays 4x the detector's input.
+    """
+    width, height = settings.detector_input_size
+    return (4 * width, 4 * height)
+
+
 class Runtime:
     def __init__(
         self, settings: Settings, pipeline_factory: Callable[[Settings, str], Pipeline] = build_pipeline
@@ -92,7 +107,7 @@ class Runtime:
         self.settings = settings
         self.device = settings.torch_device()
         self.metrics = Metrics()
-        self.streams = StreamHub(settings.max_streams)
+        self.streams = StreamHub(settings.max_streams, settings.max_streams_per_client)
         self.meta: CheckpointMeta = read_meta(settings.checkpoint)  # fails fast on a wrong file
         self.pipeline: Pipeline | None = None
         self.batcher: Batcher[Job, JobResult] | None = None
@@ -159,7 +174,13 @@ class Runtime:
 
     async def decode(self, data: bytes, formats: Sequence[str] = SUPPORTED_FORMATS) -> DecodedImage:
         """Decode on the thread pool: Pillow releases the GIL, so decodes overlap each other and the model."""
-        fn = partial(decode_image, data, max_pixels=self.settings.max_pixels, formats=formats)
+        fn = partial(
+            decode_image,
+            data,
+            max_pixels=self.settings.max_pixels,
+            formats=formats,
+            work_size=work_size(self.settings),
+        )
         self._decoding += 1
         try:
             image = await asyncio.get_running_loop().run_in_executor(self._decode_pool, fn)

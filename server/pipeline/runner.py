@@ -125,7 +125,8 @@ class Pipeline:
                 out[i] = (det.boxes[keep].float(), det.scores[keep].float())
         for i, job in enumerate(jobs):
             if not job.options.detect:
-                whole = torch.tensor([[0.0, 0.0, float(job.image.width), float(job.image.height)]])
+                _, height, width = job.image.tensor.shape  # the tensor's pixels; run() maps them back
+                whole = torch.tensor([[0.0, 0.0, float(width), float(height)]])
                 out[i] = (whole, torch.ones(1))
         return out
 
@@ -164,10 +165,12 @@ class Pipeline:
         detect_ms, classify_ms = (t1 - t0) * 1000.0, (t2 - t1) * 1000.0
         results: list[JobResult] = []
         offset = 0
-        for b, s in dets:
+        for job, (b, s) in zip(jobs, dets, strict=True):
             faces = []
+            sx, sy = job.image.scale  # an image decoded reduced: boxes back in its own pixels
             for n, (x1, y1, x2, y2) in enumerate(b.cpu().tolist()):
-                faces.append(Face(box=(x1, y1, x2, y2), score=float(s[n]), probs=probs[offset + n]))
+                box = (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
+                faces.append(Face(box=box, score=float(s[n]), probs=probs[offset + n]))
             offset += len(b)
             faces.sort(key=lambda f: f.rank, reverse=True)  # stable: equal keys keep score order
             results.append(JobResult(faces, detect_ms, classify_ms))
