@@ -76,7 +76,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--detect", action="store_true", help="evaluate the whole server pipeline on photos")
     g.add_argument("--limit", type=int, default=0, help="score N random photos (seeded), 0 = all")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--crop-square", choices=("true", "false"), help="evaluate with this crop squareness")
+    g.add_argument(
+        "--crop-square",
+        choices=("true", "false"),
+        help="with --detect: evaluate with it; with --bundle: record it",
+    )
     g.add_argument(
         "--framing-grid",
         metavar="MARGINS:SHIFTS[:SQUARE]",
@@ -236,11 +240,12 @@ def main(argv: list[str] | None = None) -> None:
     write_report(metrics, Path(args.out))
     if args.bundle:
         crop = None
-        if args.crop_margin is not None or args.crop_y_shift is not None:
+        if args.crop_margin is not None or args.crop_y_shift is not None or args.crop_square is not None:
             current = read_meta(args.checkpoint).crop
             crop = CropSpec(
                 margin=current.margin if args.crop_margin is None else args.crop_margin,
                 y_shift=current.y_shift if args.crop_y_shift is None else args.crop_y_shift,
+                square=current.square if args.crop_square is None else args.crop_square == "true",
             )
         print(f"bundled -> {bundle(args.checkpoint, args.bundle, metrics, crop)}")
     print(
