@@ -22,6 +22,7 @@ from server.config import Settings
 from server.errors import NotReady
 from server.metrics import Metrics
 from server.model.checkpoint import CheckpointMeta, read_meta
+from server.pipeline.backend import resolve_backend
 from server.pipeline.batcher import Batcher
 from server.pipeline.decode import SUPPORTED_FORMATS, DecodedImage, decode_image
 from server.pipeline.runner import Job, JobResult, Pipeline
@@ -68,12 +69,21 @@ class StreamHub:
 
 def build_pipeline(settings: Settings, device: str) -> Pipeline:
     """Load both models (slow: runs on a worker thread)."""
+    from server.pipeline.backend import compile_module, resolve_backend
     from server.pipeline.classify import EmotionClassifier
-    from server.pipeline.detect import build_detector
+    from server.pipeline.detect import SSDFaceDetector, build_detector
 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    classifier = EmotionClassifier(settings.checkpoint, device)
+    backend = resolve_backend(settings.backend, device)
+    classifier = EmotionClassifier(
+        settings.checkpoint,
+        device,
+        backend=backend,
+        threads=settings.torch_threads,
+        precision=settings.cpu_precision,
+        flip_tta=settings.flip_tta,
+    )
     detector = build_detector(
         settings.detector,
         device=device,
@@ -82,6 +92,12 @@ def build_pipeline(settings: Settings, device: str) -> Pipeline:
         min_face_size=settings.min_face_size,
         input_size=settings.detector_input_size,
     )
+    if isinstance(detector, SSDFaceDetector):
+        w, h = detector.input_size
+        example = detector.preprocess([torch.zeros((3, h, w), dtype=torch.uint8)])
+        detector.model = compile_module(
+            detector.model, example, backend, settings.torch_threads, settings.cpu_precision
+        )
     return Pipeline(classifier, detector, device)
 
 
@@ -91,6 +107,8 @@ class Runtime:
     ) -> None:
         self.settings = settings
         self.device = settings.torch_device()
+        #: Model runtime actually used (``auto`` resolved): torch or openvino.
+        self.backend = resolve_backend(settings.backend, self.device)
         self.metrics = Metrics()
         self.streams = StreamHub(settings.max_streams)
         self.meta: CheckpointMeta = read_meta(settings.checkpoint)  # fails fast on a wrong file
@@ -140,12 +158,13 @@ class Runtime:
         self.ready = True
         self.metrics.ready.set(1)
         log.info(
-            "ready in %.1fs: model %s %s, detector %s, device %s",
+            "ready in %.1fs: model %s %s, detector %s, device %s, backend %s",
             time.perf_counter() - start,
             self.meta.name,
             self.model_version,
             self.settings.detector,
             self.device,
+            self.backend,
         )
 
     def _run_batch(self, jobs: Sequence[Job]) -> list[JobResult]:
@@ -201,6 +220,8 @@ class Runtime:
                 "max_faces": s.max_faces,
             },
             "device": self.device,
+            "backend": self.backend,
+            "flip_tta": s.flip_tta,
             "limits": s.limits(),
             "auth": s.auth_enabled,
         }

@@ -1,0 +1,151 @@
+"""CPU inference backend: the torch modules compiled by OpenVINO, behind the same call signature.
+
+Why: on the CPU, torch runs these small convnets (the res10 SSD, ResNet18 at 40-48 px) at
+batch 1 far below what the cores can do; OpenVINO fuses conv+BN+ReLU, picks the CPU's
+native instructions and, on CPUs with native bf16 (AVX512-BF16, AMX), runs convolutions in
+bf16 by default. Measured numbers and the accuracy parity against the torch path are in
+docs/benchmarks.md; ``tests/test_backend.py`` checks the parity on every run.
+
+:func:`compile_module` returns a callable that replaces ``module`` where it is called
+(``detector.model``, ``classifier.model``): torch tensors in, torch tensors out, the same
+output structure (non-tensor outputs, like the SSD's feature-map sizes, are taken from one
+torch forward at compile time: they depend only on the input size, which is fixed).
+The torch module stays the reference path (``EMOTION_BACKEND=torch``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import threading
+import warnings
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+Backend = Literal["auto", "torch", "openvino"]
+Precision = Literal["auto", "f32"]
+BACKENDS: tuple[str, ...] = ("auto", "torch", "openvino")
+
+
+def openvino_available() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def resolve_backend(backend: str, device: str | torch.device) -> str:
+    """``auto``: OpenVINO on the CPU when it is installed, torch otherwise (and on every GPU)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    on_cpu = torch.device(device).type == "cpu"
+    if backend == "openvino":
+        if not on_cpu:
+            raise ValueError("the openvino backend runs on the CPU only (device must be cpu)")
+        if not openvino_available():
+            raise ValueError("backend 'openvino' requested but the openvino package is not installed")
+        return "openvino"
+    if backend == "auto" and on_cpu and openvino_available():
+        return "openvino"
+    return "torch"
+
+
+class OpenVINOModule:
+    """A torch module compiled by OpenVINO for the CPU, with a dynamic batch dimension.
+
+    Not an ``nn.Module``: it has no parameters to train or move; ``eval()``/``to()`` calls are
+    not expected. One infer request per calling thread (OpenVINO requests are not reentrant).
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        example: torch.Tensor,
+        threads: int | None = None,
+        precision: Precision = "auto",
+    ) -> None:
+        import openvino as ov
+
+        module = module.eval()
+        with torch.inference_mode():
+            reference = module(example)
+        self._structure, self._constants = _flatten(reference)
+        wrapped = _TensorOutputs(module, self._structure)
+        shape = ov.PartialShape([-1, *example.shape[1:]])
+        with warnings.catch_warnings():  # the converter traces: tracer and deprecation warnings only
+            warnings.simplefilter("ignore")
+            converted = ov.convert_model(
+                wrapped, example_input=example.contiguous(), input=[(shape, ov.Type.f32)]
+            )
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        if precision == "f32":
+            config["INFERENCE_PRECISION_HINT"] = "f32"
+        self.compiled = ov.Core().compile_model(converted, "CPU", config)
+        self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self._local = threading.local()
+
+    def _request(self) -> Any:
+        req = getattr(self._local, "request", None)
+        if req is None:
+            req = self._local.request = self.compiled.create_infer_request()
+        return req
+
+    def __call__(self, x: torch.Tensor) -> Any:
+        arr = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        outputs = self._request().infer({0: arr}, share_inputs=True)
+        tensors = [torch.from_numpy(np.array(outputs[i])) for i in range(len(outputs))]
+        return _unflatten(self._structure, tensors, self._constants)
+
+
+class _TensorOutputs(nn.Module):
+    """The module with only its tensor outputs, flat (what the converter can trace)."""
+
+    def __init__(self, module: nn.Module, structure: Any) -> None:
+        super().__init__()
+        self.module = module
+        self.structure = structure
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.module(x)
+        items = out if isinstance(out, (tuple, list)) else (out,)
+        return tuple(o for o in items if isinstance(o, torch.Tensor))
+
+
+def _flatten(out: Any) -> tuple[Any, list[Any]]:
+    """Top-level structure of a module's output: which positions are tensors, and the constants."""
+    if isinstance(out, torch.Tensor):
+        return "tensor", []
+    if isinstance(out, (tuple, list)):
+        kinds = ["tensor" if isinstance(o, torch.Tensor) else "const" for o in out]
+        return (type(out), kinds), [o for o in out if not isinstance(o, torch.Tensor)]
+    raise TypeError(f"unsupported module output type {type(out).__name__}")
+
+
+def _unflatten(structure: Any, tensors: Sequence[torch.Tensor], constants: Sequence[Any]) -> Any:
+    if structure == "tensor":
+        return tensors[0]
+    kind, kinds = structure
+    t, c = iter(tensors), iter(constants)
+    return kind(next(t) if k == "tensor" else next(c) for k in kinds)
+
+
+def compile_module(
+    module: nn.Module,
+    example: torch.Tensor,
+    backend: str,
+    threads: int | None = None,
+    precision: Precision = "auto",
+) -> Any:
+    """``module`` itself for the torch backend, else its OpenVINO build (same call, same outputs)."""
+    if backend == "torch":
+        return module
+    if backend != "openvino":
+        raise ValueError(f"backend must be torch or openvino after resolution, not {backend!r}")
+    compiled = OpenVINOModule(module, example, threads, precision)
+    log.info("%s compiled by OpenVINO (%s)", type(module).__name__, compiled.precision)
+    return compiled
