@@ -19,6 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,61 +58,86 @@ def private_test(data: Path) -> tuple[torch.Tensor, np.ndarray]:
     return torch.from_numpy(ds.images).unsqueeze(1), ds.labels
 
 
+def random_checkpoint(stem: str, size: int, path: Path) -> Path:
+    """An untrained checkpoint with this stem and input size: for timing only (same compute)."""
+    from server.model.checkpoint import CheckpointMeta, build_model, save_checkpoint
+
+    meta = CheckpointMeta(classes=list(EMOTIONS), stem=stem, input_size=size, version="timing-only")
+    return save_checkpoint(path, build_model(meta).eval(), meta)
+
+
+def batch1_ms(paths: dict[str, EmotionClassifier], iters: int) -> dict[str, float]:
+    """Median ``predict`` time for one face per path, the paths alternating call by call."""
+    times: dict[str, list[float]] = {k: [] for k in paths}
+    gen = torch.Generator().manual_seed(0)
+    for i in range(iters + 5):
+        for name, clf in paths.items():
+            x = torch.randint(0, 256, (1, 1, clf.input_size, clf.input_size), generator=gen).float()
+            t0 = time.perf_counter()
+            clf.predict(x)
+            if i >= 5:
+                times[name].append((time.perf_counter() - t0) * 1000.0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     faces48, labels = private_test(args.data)
-    rows = []
+    backends = args.backends.split(",")
+    paths = {
+        (b, tta): EmotionClassifier(args.checkpoint, "cpu", backend=b, threads=args.threads, flip_tta=tta)
+        for b in backends
+        for tta in (False, True)
+    }
     probs: dict[tuple[str, bool], torch.Tensor] = {}
-    for backend in args.backends.split(","):
-        for tta in (False, True):
-            clf = EmotionClassifier(
-                args.checkpoint, "cpu", backend=backend, threads=args.threads, flip_tta=tta
-            )
-            crops = torch.cat(
-                [crop_whole_images(list(chunk.float()), clf.input_size) for chunk in faces48.split(512)]
-            )
-            p = torch.cat([clf.predict(chunk) for chunk in crops.split(256)])
-            probs[(backend, tta)] = p
-            y = np.array([clf.classes.index(EMOTIONS[i]) for i in labels])
-            acc = float((p.argmax(1).numpy() == y).mean())
-            one = crops[:1]
-            for _ in range(5):
-                clf.predict(one)
-            times = []
-            for i in range(args.iters):
-                x = crops[i : i + 1]
-                t0 = time.perf_counter()
-                clf.predict(x)
-                times.append((time.perf_counter() - t0) * 1000.0)
-            precision = getattr(clf.model, "precision", "f32")
-            rows.append((backend, precision, tta, acc, statistics.median(times), len(y)))
-            print(rows[-1], flush=True)
+    accs: dict[tuple[str, bool], float] = {}
+    for key, clf in paths.items():
+        crops = torch.cat(
+            [crop_whole_images(list(chunk.float()), clf.input_size) for chunk in faces48.split(512)]
+        )
+        p = torch.cat([clf.predict(chunk) for chunk in crops.split(256)])
+        y = np.array([clf.classes.index(EMOTIONS[i]) for i in labels])
+        probs[key], accs[key] = p, float((p.argmax(1).numpy() == y).mean())
+        print(key, f"{accs[key]:.4f}", flush=True)
+    timed = {f"{b} tta={t}": clf for (b, t), clf in paths.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        other = random_checkpoint("s1-pool", 48, Path(tmp) / "s1pool48.safetensors")
+        for b in backends:
+            for tta in (False, True):
+                timed[f"s1-pool@48 {b} tta={tta}"] = EmotionClassifier(
+                    other, "cpu", backend=b, threads=args.threads, flip_tta=tta
+                )
+    ms = batch1_ms(timed, args.iters)
     ref = {tta: probs[("torch", tta)] for tta in (False, True) if ("torch", tta) in probs}
+    clf0 = next(iter(paths.values()))
     lines = [
         "| backend | precision | flip TTA | PrivateTest acc | agrees with torch (argmax) "
-        "| max abs prob diff | batch-1 ms/face |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+        "| max abs prob diff | batch-1 ms/face | s1-pool @ 48 batch-1 ms/face (untrained, timing only) |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for backend, precision, tta, acc, ms, n in rows:  # noqa: B007 (n is used below)
+    for (backend, tta), clf in paths.items():
         p = probs[(backend, tta)]
         agree = diff = float("nan")
         if tta in ref:
             agree = float((p.argmax(1) == ref[tta].argmax(1)).float().mean())
             diff = float((p - ref[tta]).abs().max())
+        precision = getattr(clf.model, "precision", "f32")
         lines.append(
-            f"| {backend} | {precision} | {'on' if tta else 'off'} | {acc:.2%} | {agree:.2%} "
-            f"| {diff:.4f} | {ms:.2f} |"
+            f"| {backend} | {precision} | {'on' if tta else 'off'} | {accs[(backend, tta)]:.2%} "
+            f"| {agree:.2%} "
+            f"| {diff:.4f} | {ms[f'{backend} tta={tta}']:.2f} | {ms[f's1-pool@48 {backend} tta={tta}']:.2f} |"
         )
-    clf0 = EmotionClassifier(args.checkpoint)
     cmd = ("python bench/backend_parity.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     load = os.getloadavg()[0]
     body = (
-        f"{SECTION}\n\nThe {n} PrivateTest faces as the server answers `POST /v1/predict?detect=false`, "
-        f"checkpoint {args.checkpoint.name} (stem {clf0.meta.stem}, {clf0.input_size} px), on each "
-        f"classifier path; batch-1 time is `EmotionClassifier.predict` for one face (median of {args.iters}, "
-        f"threads {args.threads or 'default'}), 1-min load average {load:.1f}.\n\n"
+        f"{SECTION}\n\nThe {len(labels)} PrivateTest faces as the server answers "
+        f"`POST /v1/predict?detect=false`, checkpoint {args.checkpoint.name} (stem {clf0.meta.stem}, "
+        f"{clf0.input_size} px), on each classifier path. Batch-1 time is `EmotionClassifier.predict` for "
+        f"one face, median of {args.iters}, all paths alternating call by call (threads "
+        f"{args.threads or 'default'}, 1-min load average {load:.1f} at the end); the last column is the "
+        "same for the ResNet18 s1-pool stem at 48 px (random weights: the compute of the next model).\n\n"
         + "\n".join(lines)
         + f"\n\nReproduce: `{cmd}`\n"
     )

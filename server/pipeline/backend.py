@@ -86,7 +86,8 @@ class OpenVINOModule:
         if precision == "f32":
             config["INFERENCE_PRECISION_HINT"] = "f32"
         self.compiled = ov.Core().compile_model(converted, "CPU", config)
-        self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.precision = str(getattr(hint, "get_type_name", lambda: hint)())
         self._local = threading.local()
 
     def _request(self) -> Any:
