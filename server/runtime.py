@@ -9,6 +9,9 @@ first real request would be fast.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import gc
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -101,6 +104,20 @@ def build_pipeline(settings: Settings, device: str) -> Pipeline:
     return Pipeline(classifier, detector, device)
 
 
+def release_free_heap() -> None:
+    """Give the heap that model loading, conversion and warm-up freed back to the OS (glibc only).
+
+    Loading and compiling the models frees hundreds of MiB that glibc's allocator otherwise keeps
+    mapped for the life of the process; ``malloc_trim`` returns it, so idle RSS is what is in use.
+    """
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        pass
+
+
 class Runtime:
     def __init__(
         self, settings: Settings, pipeline_factory: Callable[[Settings, str], Pipeline] = build_pipeline
@@ -139,6 +156,7 @@ class Runtime:
             pipeline = await loop.run_in_executor(None, self._factory, self.settings, self.device)
             if self.settings.warmup:
                 await loop.run_in_executor(None, pipeline.warmup)
+            release_free_heap()
         except Exception as exc:
             log.exception("model loading failed")
             self.load_error = f"{type(exc).__name__}: {exc}"
