@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -96,3 +98,21 @@ def test_flip_tta_averages_the_mirror_image(astronaut: np.ndarray) -> None:
     expected = (plain.predict(x) + plain.predict(x.flip(3))) / 2
     assert torch.allclose(tta.predict(x), expected, atol=1e-5)
     assert not torch.allclose(plain.predict(x), expected, atol=1e-4)  # the flip does change the answer
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_pipeline_with_flip_tta(backend: str, astronaut: np.ndarray, tiny_checkpoint: Path) -> None:
+    """The server's pipeline builder honours the backend and flip TTA settings end to end."""
+    from server.config import Settings
+    from server.pipeline.decode import DecodedImage
+    from server.pipeline.runner import Job
+    from server.runtime import build_pipeline
+
+    settings = Settings(checkpoint=tiny_checkpoint, backend=backend, flip_tta=True)
+    pipe = build_pipeline(settings, "cpu")
+    assert pipe.classifier.flip_tta
+    assert isinstance(pipe.detector, SSDFaceDetector)
+    expect_ov = resolve_backend(backend, "cpu") == "openvino"
+    assert isinstance(pipe.detector.model, torch.nn.Module) is not expect_ov
+    result = pipe.run([Job(DecodedImage(chw(astronaut), 0.0))])[0]
+    assert len(result.faces) == 1 and abs(float(result.faces[0].probs.sum()) - 1.0) < 1e-4

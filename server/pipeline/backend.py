@@ -15,18 +15,27 @@ The torch module stays the reference path (``EMOTION_BACKEND=torch``).
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
+import os
+import shutil
+import tempfile
 import threading
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
+from server.pipeline.detect.caffe import default_cache_dir
+
 log = logging.getLogger(__name__)
+#: Bump when what is cached changes meaning (the wrapper, the conversion options).
+IR_VERSION = 1
 
 Backend = Literal["auto", "torch", "openvino"]
 Precision = Literal["auto", "f32"]
@@ -66,6 +75,7 @@ class OpenVINOModule:
         example: torch.Tensor,
         threads: int | None = None,
         precision: Precision = "auto",
+        cache_dir: str | Path | None = None,
     ) -> None:
         import openvino as ov
 
@@ -73,13 +83,7 @@ class OpenVINOModule:
         with torch.inference_mode():
             reference = module(example)
         self._structure, self._constants = _flatten(reference)
-        wrapped = _TensorOutputs(module, self._structure)
-        shape = ov.PartialShape([-1, *example.shape[1:]])
-        with warnings.catch_warnings():  # the converter traces: tracer and deprecation warnings only
-            warnings.simplefilter("ignore")
-            converted = ov.convert_model(
-                wrapped, example_input=example.contiguous(), input=[(shape, ov.Type.f32)]
-            )
+        converted = self._converted(module, example, cache_dir)
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
@@ -89,6 +93,48 @@ class OpenVINOModule:
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         self.precision = str(getattr(hint, "get_type_name", lambda: hint)())
         self._local = threading.local()
+
+    def _converted(self, module: nn.Module, example: torch.Tensor, cache_dir: str | Path | None) -> Any:
+        """The OpenVINO model of ``module``: converting traces it (~10 s on 2 cores), so the result is
+        cached in ``cache_dir`` under a key of the weights, the input shape and the OpenVINO version.
+        The cache is an optimisation only: an unreadable or unwritable one costs a conversion."""
+        import openvino as ov
+
+        key = hashlib.sha256()
+        for name, value in module.state_dict().items():
+            key.update(name.encode())
+            key.update(value.detach().cpu().contiguous().numpy().tobytes())
+        key.update(
+            f"{type(module).__qualname__} {tuple(example.shape[1:])} {ov.__version__} v{IR_VERSION}".encode()
+        )
+        cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        xml = cache / f"openvino-{type(module).__name__.lower()}-{key.hexdigest()[:16]}.xml"
+        core = ov.Core()
+        if xml.is_file():
+            try:
+                return core.read_model(str(xml))
+            except RuntimeError as exc:
+                log.warning("ignoring unreadable OpenVINO cache %s: %s", xml, exc)
+        shape = ov.PartialShape([-1, *example.shape[1:]])
+        with warnings.catch_warnings():  # the converter traces: tracer and deprecation warnings only
+            warnings.simplefilter("ignore")
+            converted = ov.convert_model(
+                _TensorOutputs(module, self._structure),
+                example_input=example.contiguous(),
+                input=[(shape, ov.Type.f32)],
+            )
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=cache, suffix=".tmp"))
+            try:
+                ov.save_model(converted, str(tmp / "model.xml"), compress_to_fp16=False)
+                os.replace(tmp / "model.bin", xml.with_suffix(".bin"))  # .bin first: .xml marks it complete
+                os.replace(tmp / "model.xml", xml)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except (OSError, RuntimeError) as exc:
+            log.warning("could not cache the OpenVINO model in %s: %s", cache, exc)
+        return converted
 
     def _request(self) -> Any:
         req = getattr(self._local, "request", None)
@@ -141,12 +187,16 @@ def compile_module(
     backend: str,
     threads: int | None = None,
     precision: Precision = "auto",
+    cache_dir: str | Path | None = None,
 ) -> Any:
-    """``module`` itself for the torch backend, else its OpenVINO build (same call, same outputs)."""
+    """``module`` itself for the torch backend, else its OpenVINO build (same call, same outputs).
+
+    ``cache_dir``: where converted models are kept (default ``$EMOTION_CACHE_DIR`` or
+    ``~/.cache/emotion-service``, shared with the detector's converted weights)."""
     if backend == "torch":
         return module
     if backend != "openvino":
         raise ValueError(f"backend must be torch or openvino after resolution, not {backend!r}")
-    compiled = OpenVINOModule(module, example, threads, precision)
+    compiled = OpenVINOModule(module, example, threads, precision, cache_dir)
     log.info("%s compiled by OpenVINO (%s)", type(module).__name__, compiled.precision)
     return compiled
