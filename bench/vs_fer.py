@@ -49,6 +49,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=40, help="timed calls per frame and side (after warm-up)")
     p.add_argument("--warmup", type=int, default=5, help="untimed calls per frame and side")
     p.add_argument("--env", action="append", default=[], help="EMOTION_X=Y for the server (default: none)")
+    p.add_argument(
+        "--reference",
+        action="store_true",
+        help="also run a second server on the torch reference path (EMOTION_BACKEND=torch), alternating",
+    )
     p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     p.add_argument("--no-write", action="store_true", help="print only")
     p.add_argument("--note", default="", help="a sentence about the conditions, written above the table")
@@ -175,6 +180,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     theirs: dict[str, list[float]] = {k: [] for k in jpegs}
     faces: dict[str, tuple[int, int]] = {}
     stages: dict[str, dict[str, list[float]]] = {k: {} for k in jpegs}
+    ref_server = ServerProcess(env={**env, "EMOTION_BACKEND": "torch"}).start() if args.reference else None
+    ref_ms: dict[str, list[float]] = {k: [] for k in jpegs}
+    torch_ms: dict[str, list[float]] = {}
     try:
         with ServerProcess(env=env) as server, httpx.Client(base_url=server.url, timeout=60) as client:
             info = client.get("/v1/info", headers=server.auth()).json()
@@ -189,7 +197,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     resp.raise_for_status()
                     body = resp.json()
                     fer_ms, fer_faces = fer.run(name)
+                    if ref_server is not None:
+                        t0 = time.perf_counter()
+                        ref = client.post(ref_server.url + "/v1/predict", content=data, headers=headers)
+                        ref_ms[name].append((time.perf_counter() - t0) * 1000.0)
+                        ref.raise_for_status()
                     if i < args.warmup:
+                        if ref_server is not None:
+                            ref_ms[name].pop()
                         continue
                     ours[name].append(ms)
                     theirs[name].append(fer_ms)
@@ -198,8 +213,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                         stages[name].setdefault(k, []).append(v)
             wall = time.monotonic() - t_start
             rss = server.rss_mb()
+            if ref_server is not None:
+                torch_ms = ref_ms
     finally:
         fer.close()
+        if ref_server is not None:
+            ref_server.stop()
     return {
         "ours": ours,
         "fer": theirs,
@@ -211,6 +230,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "load": (load_before, os.getloadavg()),
         "wall": wall,
         "fer_version": fer.info.get("fer", "?"),
+        "torch": torch_ms,
     }
 
 
@@ -228,6 +248,21 @@ def report(r: dict[str, Any]) -> tuple[str, str]:
             f"**{pct(f, 50) / pct(o, 50):.2f}x** | {r['faces'][name][0]} / {r['faces'][name][1]} | "
             f"{s['decode']:.1f} / {s['detect']:.1f} / {s['classify']:.1f} / {s['total']:.1f} |"
         )
+    if r["torch"]:
+        rows += [
+            "",
+            "Same run, a second server on the torch reference path (`EMOTION_BACKEND=torch`), its calls "
+            "alternating with the two above:",
+            "",
+            "| frame | torch path p50 ms | torch path p95 ms | default (OpenVINO) p50 ms | speed-up |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for name, t in r["torch"].items():
+            o = r["ours"][name]
+            rows.append(
+                f"| {name} | {pct(t, 50):.1f} | {pct(t, 95):.1f} | {pct(o, 50):.1f} | "
+                f"{pct(t, 50) / pct(o, 50):.2f}x |"
+            )
     one = "one face"
     ratio = pct(r["fer"][one], 50) / pct(r["ours"][one], 50)
     verdict = "meets" if ratio >= 3.0 else "misses"
