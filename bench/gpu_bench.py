@@ -270,15 +270,50 @@ def machine(device: str) -> str:
     return f"GPU {gpu}; {os.cpu_count()} logical CPUs; torch {torch.__version__}; Python {py}"
 
 
+def render(
+    args: argparse.Namespace, results: list[Result], described: list[str], t0: float, jpeg: bytes
+) -> str:
+    given = list(args.argv)
+    return (
+        f"{SECTION}\n\n"
+        "`bench/gpu_bench.py`: one `emotion-server` process, WebSocket streams of the same 640x480 "
+        f"one-face JPEG ({len(jpeg) / 1024:.0f} KiB), each in lock-step (next frame sent when the reply "
+        "arrived), from "
+        f"{args.clients} client processes on the same machine; {args.duration:g} s measured per row after "
+        f"{args.warmup:g} s warm-up. Latency = frame sent -> its reply. GPU utilisation is NVML's, averaged; "
+        "CPU % is of one core (server process) or of the whole machine.\n\n"
+        + table(results)
+        + "\n\n"
+        + "\n".join(f"- {d}" for d in described)
+        + f"\n\nMachine: {machine(args.device)}. Total run {time.monotonic() - t0:.0f} s.\n\n"
+        + f"Reproduce: `python3 bench/gpu_bench.py {' '.join(given)}`\n"
+    )
+
+
+def emit(args: argparse.Namespace, body: str, results: list[Result]) -> None:
+    """Write what there is so far: a run stopped at its time limit still leaves every finished row."""
+    if not args.out_dir:
+        return
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "gpu_bench.md").write_text(body)
+    (args.out_dir / "gpu_bench.json").write_text(
+        json.dumps([{**r.__dict__, "latency": None, "fps": r.fps} for r in results], indent=1)
+    )
+    copy = args.out_dir / "benchmarks.md"
+    copy.write_text(args.doc.read_text() if args.doc.exists() else "# Benchmarks\n")
+    write_section(copy, SECTION, body)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
+    args.argv = argv if argv is not None else sys.argv[1:]
     sys.path.insert(0, str(REPO))
     from bench_server import frame_jpeg
     from serverproc import ServerProcess, describe
 
     jpeg = frame_jpeg()
     results: list[Result] = []
-    described = []
+    described: list[str] = []
     t_all = time.monotonic()
     for config in args.configs.split(";"):
         env = dict(kv.split("=", 1) for kv in config.split(",") if kv.strip())
@@ -292,35 +327,13 @@ def main(argv: list[str] | None = None) -> None:
                 r = run_phase(server, config, n, args, jpeg)
                 results.append(r)
                 print(table([r]).splitlines()[-1], flush=True)
+                emit(args, render(args, results, described, t_all, jpeg), results)
             errors = server.error_lines()
             if errors:
                 print(f"server logged {len(errors)} error line(s), first: {errors[0]}", file=sys.stderr)
-    md = table(results)
-    given = list(argv if argv is not None else sys.argv[1:])
-    body = (
-        f"{SECTION}\n\n"
-        "`bench/gpu_bench.py`: one `emotion-server` process, WebSocket streams of the same 640x480 "
-        f"one-face JPEG ({len(jpeg) / 1024:.0f} KiB), each in lock-step (next frame sent when the reply "
-        "arrived), from "
-        f"{args.clients} client processes on the same machine; {args.duration:g} s measured per row after "
-        f"{args.warmup:g} s warm-up. Latency = frame sent -> its reply. GPU utilisation is NVML's, averaged; "
-        "CPU % is of one core (server process) or of the whole machine.\n\n"
-        + md
-        + "\n\n"
-        + "\n".join(f"- {d}" for d in described)
-        + f"\n\nMachine: {machine(args.device)}. Total run {time.monotonic() - t_all:.0f} s.\n\n"
-        + f"Reproduce: `python3 bench/gpu_bench.py {' '.join(given)}`\n"
-    )
+    body = render(args, results, described, t_all, jpeg)
     print("\n" + body)
-    if args.out_dir:
-        args.out_dir.mkdir(parents=True, exist_ok=True)
-        (args.out_dir / "gpu_bench.md").write_text(body)
-        (args.out_dir / "gpu_bench.json").write_text(
-            json.dumps([{**r.__dict__, "latency": None, "fps": r.fps} for r in results], indent=1)
-        )
-        copy = args.out_dir / "benchmarks.md"
-        copy.write_text(args.doc.read_text() if args.doc.exists() else "# Benchmarks\n")
-        write_section(copy, SECTION, body)
+    emit(args, body, results)
     if not args.no_write:
         write_section(args.doc, SECTION, body)
 
