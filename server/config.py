@@ -83,6 +83,18 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         default=None, ge=1, le=256, description="torch intra-op threads; default: torch's."
     )
+    backend: Literal["auto", "torch", "openvino"] = Field(
+        default="auto",
+        description="Model runtime on the CPU: auto (OpenVINO when installed), torch (the reference path), "
+        "openvino. GPUs always run torch.",
+    )
+    cpu_precision: Literal["auto", "f32"] = Field(
+        default="auto",
+        description="OpenVINO precision: auto (bf16 on CPUs with native bf16, else f32) or f32.",
+    )
+    flip_tta: bool = Field(
+        default=False, description="Average each face's probabilities with its mirror image's (2x classify)."
+    )
     warmup: bool = True
 
     max_body_bytes: int = Field(default=10 * MiB, ge=1024)
@@ -181,6 +193,11 @@ class Settings(BaseSettings):
         if not all(32 <= side <= 2048 for side in value):
             raise ValueError("detector input sides must be within 32..2048 pixels")
         return value
+
+    @field_validator("backend", "cpu_precision", mode="before")
+    @classmethod
+    def _lower_choice(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("log_level", mode="before")
     @classmethod

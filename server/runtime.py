@@ -9,6 +9,9 @@ first real request would be fast.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import gc
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +25,7 @@ from server.config import Settings
 from server.errors import NotReady
 from server.metrics import Metrics
 from server.model.checkpoint import CheckpointMeta, read_meta
+from server.pipeline.backend import resolve_backend
 from server.pipeline.batcher import Batcher
 from server.pipeline.decode import SUPPORTED_FORMATS, DecodedImage, decode_image
 from server.pipeline.runner import Job, JobResult, Pipeline
@@ -73,12 +77,21 @@ class StreamHub:
 
 def build_pipeline(settings: Settings, device: str) -> Pipeline:
     """Load both models (slow: runs on a worker thread)."""
+    from server.pipeline.backend import compile_module, resolve_backend
     from server.pipeline.classify import EmotionClassifier
-    from server.pipeline.detect import build_detector
+    from server.pipeline.detect import SSDFaceDetector, build_detector
 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    classifier = EmotionClassifier(settings.checkpoint, device)
+    backend = resolve_backend(settings.backend, device)
+    classifier = EmotionClassifier(
+        settings.checkpoint,
+        device,
+        backend=backend,
+        threads=settings.torch_threads,
+        precision=settings.cpu_precision,
+        flip_tta=settings.flip_tta,
+    )
     detector = build_detector(
         settings.detector,
         device=device,
@@ -87,6 +100,12 @@ def build_pipeline(settings: Settings, device: str) -> Pipeline:
         min_face_size=settings.min_face_size,
         input_size=settings.detector_input_size,
     )
+    if isinstance(detector, SSDFaceDetector):
+        w, h = detector.input_size
+        example = detector.preprocess([torch.zeros((3, h, w), dtype=torch.uint8)])
+        detector.model = compile_module(
+            detector.model, example, backend, settings.torch_threads, settings.cpu_precision
+        )
     return Pipeline(classifier, detector, device)
 
 
@@ -100,12 +119,28 @@ def work_size(settings: Settings) -> tuple[int, int]:
     return (4 * width, 4 * height)
 
 
+def release_free_heap() -> None:
+    """Give the heap that model loading, conversion and warm-up freed back to the OS (glibc only).
+
+    Loading and compiling the models frees hundreds of MiB that glibc's allocator otherwise keeps
+    mapped for the life of the process; ``malloc_trim`` returns it, so idle RSS is what is in use.
+    """
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        pass
+
+
 class Runtime:
     def __init__(
         self, settings: Settings, pipeline_factory: Callable[[Settings, str], Pipeline] = build_pipeline
     ) -> None:
         self.settings = settings
         self.device = settings.torch_device()
+        #: Model runtime actually used (``auto`` resolved): torch or openvino.
+        self.backend = resolve_backend(settings.backend, self.device)
         self.metrics = Metrics()
         self.streams = StreamHub(settings.max_streams, settings.max_streams_per_client)
         self.meta: CheckpointMeta = read_meta(settings.checkpoint)  # fails fast on a wrong file
@@ -136,6 +171,7 @@ class Runtime:
             pipeline = await loop.run_in_executor(None, self._factory, self.settings, self.device)
             if self.settings.warmup:
                 await loop.run_in_executor(None, pipeline.warmup)
+            release_free_heap()
         except Exception as exc:
             log.exception("model loading failed")
             self.load_error = f"{type(exc).__name__}: {exc}"
@@ -155,12 +191,13 @@ class Runtime:
         self.ready = True
         self.metrics.ready.set(1)
         log.info(
-            "ready in %.1fs: model %s %s, detector %s, device %s",
+            "ready in %.1fs: model %s %s, detector %s, device %s, backend %s",
             time.perf_counter() - start,
             self.meta.name,
             self.model_version,
             self.settings.detector,
             self.device,
+            self.backend,
         )
 
     def _run_batch(self, jobs: Sequence[Job]) -> list[JobResult]:
@@ -222,6 +259,8 @@ class Runtime:
                 "max_faces": s.max_faces,
             },
             "device": self.device,
+            "backend": self.backend,
+            "flip_tta": s.flip_tta,
             "limits": s.limits(),
             "auth": s.auth_enabled,
         }

@@ -106,6 +106,8 @@ class InfoResponse(BaseModel):
     model: ModelInfo
     detector: DetectorInfo
     device: str
+    backend: str = Field(description="Model runtime: torch or openvino (CPU).")
+    flip_tta: bool = Field(description="Whether each face is also classified mirrored and averaged.")
     limits: dict[str, float | int]
     auth: bool
 
