@@ -121,13 +121,25 @@ def parity_photos() -> dict[str, np.ndarray]:
 
 def parity(threshold: float = 0.05) -> None:
     """Every detection above ``threshold`` (weak ones too), torch vs cv2.dnn, both input sizes."""
+    import tempfile
+
     from torchvision.ops import box_iou
 
+    from server.pipeline.detect.ssd import SSDFaceDetector, prototxt_for_layout
+
     files = locate_weights()
-    net = cv2.dnn.readNetFromCaffe(str(files.prototxt), str(files.caffemodel))
     worst_iou, worst_score, total = 1.0, 0.0, 0
-    for size in ((300, 300), (160, 120)):
-        det = build_detector(score_threshold=threshold, max_faces=1000, min_face_size=0, input_size=size)
+    # The trained layout is compared with cv2.dnn running the prototxt with the same padding;
+    # at 160x120 that net has an empty conv8_2 map, which cv2.dnn refuses to run.
+    cases = (("trained", (300, 300)), ("deploy", (300, 300)), ("deploy", (160, 120)))
+    for layout, size in cases:
+        with tempfile.NamedTemporaryFile("w", suffix=".prototxt") as proto:
+            proto.write(prototxt_for_layout(files.prototxt.read_text(), layout))
+            proto.flush()
+            net = cv2.dnn.readNetFromCaffe(proto.name, str(files.caffemodel))
+        det = SSDFaceDetector(
+            files, score_threshold=threshold, max_faces=1000, min_face_size=0, input_size=size, layout=layout
+        )
         for name, rgb in parity_photos().items():
             h, w = rgb.shape[:2]
             net.setInput(
@@ -140,7 +152,7 @@ def parity(threshold: float = 0.05) -> None:
             ref, ref_scores = ref[keep], torch.from_numpy(out[:, 2].copy())[keep]
             (ours,) = det.detect([torch.from_numpy(rgb).permute(2, 0, 1)])
             if len(ours) != len(ref):
-                print(f"{size} {name}: {len(ours)} torch vs {len(ref)} cv2 detections")
+                print(f"{layout} {size} {name}: {len(ours)} torch vs {len(ref)} cv2 detections")
                 worst_iou = 0.0
                 continue
             if not len(ref):
@@ -152,7 +164,7 @@ def parity(threshold: float = 0.05) -> None:
             )
             worst_iou, worst_score, total = min(worst_iou, iou), max(worst_score, dscore), total + len(ref)
             print(
-                f"input {size[0]}x{size[1]} {name:15s} {len(ref):4d} detections  "
+                f"{layout:7s} input {size[0]}x{size[1]} {name:15s} {len(ref):4d} detections  "
                 f"min IoU {iou:.6f}  max |dscore| {dscore:.1e}"
             )
     print(

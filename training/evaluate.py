@@ -58,11 +58,82 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="also write a copy of the checkpoint (fp16) to DEST with these test metrics in its metadata, "
         "e.g. server/checkpoints/emotion-resnet18.safetensors",
     )
-    p.add_argument("--crop-margin", type=float, help="with --bundle: record this detector-crop margin")
     p.add_argument(
-        "--crop-y-shift", type=float, help="with --bundle: record this detector-crop vertical shift"
+        "--crop-margin",
+        type=float,
+        help="with --bundle: record this detector-crop margin; with --detect: evaluate with it",
     )
+    p.add_argument(
+        "--crop-y-shift",
+        type=float,
+        help="with --bundle: record this detector-crop vertical shift; with --detect: evaluate with it",
+    )
+    g = p.add_argument_group(
+        "whole pipeline (--detect)",
+        "photos in <class>/<images> through the server's own decode -> detect -> crop -> classify; "
+        "scores the first face per photo (see training/evaluate_photos.py)",
+    )
+    g.add_argument("--detect", action="store_true", help="evaluate the whole server pipeline on photos")
+    g.add_argument("--limit", type=int, default=0, help="score N random photos (seeded), 0 = all")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument(
+        "--crop-square",
+        choices=("true", "false"),
+        help="with --detect: evaluate with it; with --bundle: record it",
+    )
+    g.add_argument(
+        "--framing-grid",
+        metavar="MARGINS:SHIFTS[:SQUARE]",
+        help="also score these framings on the same detections, e.g. '0,0.1,0.2:-0.05,0,0.05:true,false'",
+    )
+    g.add_argument("--no-progress", action="store_true")
     return p
+
+
+def parse_grid(text: str) -> list[CropSpec]:
+    """'0,0.1:-0.05,0[:true,false]' -> every (margin, y_shift, square) combination."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3):
+        raise SystemExit(f"--framing-grid wants MARGINS:SHIFTS[:SQUARE], got {text!r}")
+    squares = [s.strip().lower() == "true" for s in parts[2].split(",")] if len(parts) == 3 else [True]
+    return [
+        CropSpec(margin=float(m), y_shift=float(y), square=sq)
+        for sq in squares
+        for m in parts[0].split(",")
+        for y in parts[1].split(",")
+    ]
+
+
+def main_detect(args: argparse.Namespace) -> None:
+    from training.evaluate_photos import evaluate_photos, write_photo_report
+
+    crop = None
+    if args.crop_margin is not None or args.crop_y_shift is not None or args.crop_square is not None:
+        current = read_meta(args.checkpoint).crop
+        crop = CropSpec(
+            margin=current.margin if args.crop_margin is None else args.crop_margin,
+            y_shift=current.y_shift if args.crop_y_shift is None else args.crop_y_shift,
+            square=current.square if args.crop_square is None else args.crop_square == "true",
+        )
+    device = str(resolve_device(args.device))
+    metrics = evaluate_photos(
+        args.data,
+        args.checkpoint,
+        device=device,
+        limit=args.limit,
+        batch_size=min(args.batch_size, 64),
+        crop=crop,
+        framings=parse_grid(args.framing_grid) if args.framing_grid else (),
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    write_photo_report(metrics, Path(args.out))
+    fpp = metrics["faces_per_photo"]
+    print(
+        f"photos={metrics['n_photos']} faces 0/1/2+ = {fpp['0']}/{fpp['1']}/{fpp['2+']} "
+        f"accuracy_photos={metrics['accuracy_photos']:.4f} "
+        f"accuracy_first_face={metrics['accuracy_first_face']:.4f} -> {args.out}/metrics.json"
+    )
 
 
 def resolve_split(ds: FaceDataset, split: str) -> tuple[str, FaceDataset]:
@@ -158,17 +229,23 @@ def bundle(
 
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
+    if args.detect:
+        if args.bundle or args.tta != "none":
+            raise SystemExit("--detect scores photos as the server answers them: no --bundle or --tta")
+        main_detect(args)
+        return
     metrics = evaluate_checkpoint(
         args.data, args.checkpoint, args.split, args.tta, args.device, args.batch_size
     )
     write_report(metrics, Path(args.out))
     if args.bundle:
         crop = None
-        if args.crop_margin is not None or args.crop_y_shift is not None:
+        if args.crop_margin is not None or args.crop_y_shift is not None or args.crop_square is not None:
             current = read_meta(args.checkpoint).crop
             crop = CropSpec(
                 margin=current.margin if args.crop_margin is None else args.crop_margin,
                 y_shift=current.y_shift if args.crop_y_shift is None else args.crop_y_shift,
+                square=current.square if args.crop_square is None else args.crop_square == "true",
             )
         print(f"bundled -> {bundle(args.checkpoint, args.bundle, metrics, crop)}")
     print(

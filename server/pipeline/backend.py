@@ -104,6 +104,9 @@ class OpenVINOModule:
         for name, value in module.state_dict().items():
             key.update(name.encode())
             key.update(value.detach().cpu().contiguous().numpy().tobytes())
+        # The module's repr holds its layer hyperparameters (e.g. the SSD head layout's padding),
+        # which the weights alone do not: the same weights can be different networks.
+        key.update(repr(module).encode())
         key.update(
             f"{type(module).__qualname__} {tuple(example.shape[1:])} {ov.__version__} v{IR_VERSION}".encode()
         )

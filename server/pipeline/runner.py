@@ -46,10 +46,20 @@ class Face:
     def area(self) -> float:
         return max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1])
 
+    @property
+    def rank(self) -> float:
+        """Reply order key, highest first: box area weighted by detector confidence.
+
+        The face a user means is the largest one; weighting by confidence keeps a
+        doubtful detection (score 0.5-0.7) behind a clear face unless it is clearly
+        bigger (by more than the score ratio). See docs/protocol.md, "Face order".
+        """
+        return self.area * max(self.score, 0.0)
+
 
 @dataclass
 class JobResult:
-    faces: list[Face]  # largest first
+    faces: list[Face]  # by Face.rank: largest (confidence-weighted) first
     detect_ms: float
     classify_ms: float
 
@@ -162,7 +172,7 @@ class Pipeline:
                 box = (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
                 faces.append(Face(box=box, score=float(s[n]), probs=probs[offset + n]))
             offset += len(b)
-            faces.sort(key=lambda f: f.area, reverse=True)
+            faces.sort(key=lambda f: f.rank, reverse=True)  # stable: equal keys keep score order
             results.append(JobResult(faces, detect_ms, classify_ms))
         return results
 

@@ -5,12 +5,17 @@ server wants batches on whatever device the classifier uses. This module mirrors
 the Caffe graph (``deploy.prototxt.txt``) layer for layer and OpenCV's
 ``blobFromImage``, ``PriorBox`` and ``DetectionOutput`` semantics, so its boxes and
 scores match ``cv2.dnn`` (see ``tests/test_detect.py``) while running batched.
+
+One deliberate difference, the default ``layout="trained"``: conv8_2 and conv9_2 run
+unpadded, so their maps match their prior steps; the shipped padding makes the phantom
+faces described in docs/detection.md. ``layout="deploy"`` is the prototxt as shipped.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,15 +159,32 @@ class PreActBlock(nn.Module):
         return self.conv2(F.relu(self.conv1(a), inplace=True)) + self.expand(a), a
 
 
+#: The two SSD head layouts (see :class:`Res10SSD`).
+LAYOUTS = ("trained", "deploy")
+
+
 class Res10SSD(nn.Module):
     """The res10 SSD network: (B, 3, H, W) mean-subtracted BGR float -> per-prior loc and logits.
 
     Layer shapes mirror ``deploy.prototxt.txt``; any input size works (the priors
     depend on it, see :func:`make_priors`).
+
+    ``layout`` decides the padding of ``conv8_2`` and ``conv9_2``, the only difference:
+    ``"deploy"`` pads them by 1, as ``deploy.prototxt.txt`` does, which makes 5x5 maps at
+    300x300 while their PriorBox steps (100, 300) describe the 3x3 and 1x1 maps of
+    SSD300; every cell then decodes against a prior one or two steps away from what it
+    sees, and cells of the padded ring, never trained, fire on nothing. ``"trained"``
+    (unpadded) computes exactly the inner cells of the deploy maps and pairs each with
+    the prior its steps imply. Measured evidence and the effect on real photos are in
+    ``docs/detection.md`` ("Phantom faces").
     """
 
-    def __init__(self, anchors: tuple[int, ...] = (4, 6, 6, 6, 4, 4)) -> None:
+    def __init__(self, anchors: tuple[int, ...] = (4, 6, 6, 6, 4, 4), layout: str = "trained") -> None:
         super().__init__()
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        self.layout = layout
+        tail_pad = 0 if layout == "trained" else 1
         self.data_affine = ChannelAffine(3)
         self.conv1 = _conv(3, 32, 7, 2, 3)
         self.block64 = ResBlock(32)
@@ -177,9 +199,9 @@ class Res10SSD(nn.Module):
                 "conv7_1": _conv(256, 64, 1),
                 "conv7_2": _conv(64, 128, 3, 2, 1),
                 "conv8_1": _conv(128, 64, 1),
-                "conv8_2": _conv(64, 128, 3, 1, 1),
+                "conv8_2": _conv(64, 128, 3, 1, tail_pad),
                 "conv9_1": _conv(128, 64, 1),
-                "conv9_2": _conv(64, 128, 3, 1, 1),
+                "conv9_2": _conv(64, 128, 3, 1, tail_pad),
             }
         )
         self.norm_scale = nn.Parameter(torch.full((128,), 20.0))
@@ -197,20 +219,46 @@ class Res10SSD(nn.Module):
         x, _ = self.block512(x)
         feats = [c4, F.relu(self.last_affine(x))]
         for i in (6, 7, 8, 9):
+            conv = self.extra[f"conv{i}_2"]
+            if min(feats[-1].shape[-2:]) + 2 * conv.padding[0] < conv.kernel_size[0]:
+                # Unpadded tail on a small input: the map is empty, and so are its priors.
+                feats.append(x.new_zeros((x.shape[0], conv.out_channels, 0, 0)))
+                continue
             h = F.relu(self.extra[f"conv{i}_1"](feats[-1]), inplace=True)
-            feats.append(F.relu(self.extra[f"conv{i}_2"](h), inplace=True))
+            feats.append(F.relu(conv(h), inplace=True))
         # Normalize layer (across_spatial=false): x / sqrt(sum_c x^2 + eps) * scale.
         feats[0] = (
             c4 * torch.rsqrt(c4.square().sum(1, keepdim=True) + 1e-10) * self.norm_scale.view(1, -1, 1, 1)
         )
         b = x.shape[0]
-        loc = torch.cat(
-            [head(f).permute(0, 2, 3, 1).reshape(b, -1) for head, f in zip(self.loc, feats, strict=True)], 1
-        )
-        conf = torch.cat(
-            [head(f).permute(0, 2, 3, 1).reshape(b, -1) for head, f in zip(self.conf, feats, strict=True)], 1
-        )
+
+        def run(heads: nn.ModuleList) -> torch.Tensor:
+            return torch.cat(
+                [
+                    head(f).permute(0, 2, 3, 1).reshape(b, -1) if f.numel() else f.new_zeros((b, 0))
+                    for head, f in zip(heads, feats, strict=True)
+                ],
+                1,
+            )
+
+        loc, conf = run(self.loc), run(self.conf)
         return loc.view(b, -1, 4), conf.view(b, -1, 2), [(int(f.shape[2]), int(f.shape[3])) for f in feats]
+
+
+def prototxt_for_layout(text: str, layout: str) -> str:
+    """``deploy.prototxt.txt`` text rewritten for ``layout``: ``"trained"`` sets the padding of
+    ``conv8_2_h`` and ``conv9_2_h`` to 0, so ``cv2.dnn`` computes the network this module runs
+    (for parity checks); ``"deploy"`` returns the text unchanged."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if layout == "deploy":
+        return text
+    for name in ("conv8_2_h", "conv9_2_h"):
+        pattern = re.compile(r'(name:\s*"' + name + r'"\s.*?convolution_param\s*\{[^}]*?pad:\s*)1\b', re.S)
+        text, n = pattern.subn(r"\g<1>0", text, count=1)
+        if n != 1:
+            raise ValueError(f"no padded {name} convolution in the prototxt")
+    return text
 
 
 def make_priors(
@@ -261,7 +309,9 @@ class SSDFaceDetector:
 
     ``input_size`` is (width, height) of the network input, like ``cv2.dnn.blobFromImage``:
     every frame is resized to it without preserving aspect ratio, as the model was
-    trained. Smaller inputs are faster but miss small faces.
+    trained. Smaller inputs are faster but miss small faces. ``layout`` is the head layout
+    (:class:`Res10SSD`): ``"trained"`` by default; ``"deploy"`` reproduces ``cv2.dnn`` on the
+    shipped prototxt, phantom faces included.
     """
 
     name = "ssd"
@@ -275,6 +325,7 @@ class SSDFaceDetector:
         min_face_size: float = 20,
         input_size: tuple[int, int] = (300, 300),
         cache_dir: str | Path | None = None,
+        layout: str = "trained",
     ) -> None:
         if not 0.0 <= score_threshold <= 1.0:
             raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
@@ -288,7 +339,7 @@ class SSDFaceDetector:
         self.min_face_size = float(min_face_size)
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.prior_specs, self.output_spec = read_specs(files.prototxt)
-        self.model = Res10SSD(tuple(len(s.box_sizes) for s in self.prior_specs))
+        self.model = Res10SSD(tuple(len(s.box_sizes) for s in self.prior_specs), layout)
         self.model.load_state_dict(load_converted(files, cache_dir))
         self.model = self.model.to(self.device).eval().requires_grad_(False)
         if self.device.type == "cpu":
