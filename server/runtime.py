@@ -16,15 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, Protocol
 
-import torch
-
+from emotion_service.analyzer import EmotionAnalyzer
 from server.config import Settings
 from server.errors import NotReady
 from server.metrics import Metrics
 from server.model.checkpoint import CheckpointMeta, read_meta
 from server.pipeline.batcher import Batcher
 from server.pipeline.decode import SUPPORTED_FORMATS, DecodedImage, decode_image
-from server.pipeline.runner import Job, JobResult, Pipeline
+from server.pipeline.runner import Job, JobResult
 
 log = logging.getLogger(__name__)
 
@@ -66,41 +65,29 @@ class StreamHub:
                 log.warning("%d stream(s) did not close within %.1fs", len(self._open), timeout)
 
 
-def build_pipeline(settings: Settings, device: str) -> Pipeline:
-    """Load both models (slow: runs on a worker thread)."""
-    from server.pipeline.classify import EmotionClassifier
-    from server.pipeline.detect import build_detector
+AnalyzerFactory = Callable[[Settings], EmotionAnalyzer]
 
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
-    classifier = EmotionClassifier(settings.checkpoint, device)
-    detector = build_detector(
-        settings.detector,
-        device=device,
-        score_threshold=settings.score_threshold,
-        max_faces=settings.max_faces,
-        min_face_size=settings.min_face_size,
-        input_size=settings.detector_input_size,
-    )
-    return Pipeline(classifier, detector, device)
+
+def load_analyzer(settings: Settings) -> EmotionAnalyzer:
+    """Load both models and warm them up (slow: runs on a worker thread)."""
+    return EmotionAnalyzer.from_settings(settings)
 
 
 class Runtime:
-    def __init__(
-        self, settings: Settings, pipeline_factory: Callable[[Settings, str], Pipeline] = build_pipeline
-    ) -> None:
+    def __init__(self, settings: Settings, analyzer_factory: AnalyzerFactory = load_analyzer) -> None:
         self.settings = settings
         self.device = settings.torch_device()
         self.metrics = Metrics()
         self.streams = StreamHub(settings.max_streams)
         self.meta: CheckpointMeta = read_meta(settings.checkpoint)  # fails fast on a wrong file
-        self.pipeline: Pipeline | None = None
+        #: The in-process API object the server is built on; set once loaded.
+        self.analyzer: EmotionAnalyzer | None = None
         self.batcher: Batcher[Job, JobResult] | None = None
         self.model_version = self.meta.version
         self.load_error: str | None = None
         self.ready = False
         self.started_at = time.time()
-        self._factory = pipeline_factory
+        self._factory = analyzer_factory
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self._load_task: asyncio.Task[None] | None = None
         #: Images being decoded: the only ones that could still join a batch that is forming.
@@ -118,15 +105,13 @@ class Runtime:
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
         try:
-            pipeline = await loop.run_in_executor(None, self._factory, self.settings, self.device)
-            if self.settings.warmup:
-                await loop.run_in_executor(None, pipeline.warmup)
+            analyzer = await loop.run_in_executor(None, self._factory, self.settings)
         except Exception as exc:
             log.exception("model loading failed")
             self.load_error = f"{type(exc).__name__}: {exc}"
             return
-        self.pipeline = pipeline
-        self.model_version = pipeline.classifier.version
+        self.analyzer = analyzer
+        self.model_version = analyzer.model.version
         self.batcher = Batcher(
             self._run_batch,
             max_batch_size=self.settings.max_batch_size,
@@ -149,8 +134,8 @@ class Runtime:
         )
 
     def _run_batch(self, jobs: Sequence[Job]) -> list[JobResult]:
-        assert self.pipeline is not None
-        results = self.pipeline.run(jobs)
+        assert self.analyzer is not None
+        results = self.analyzer.run_batch(jobs)
         if results:
             self.metrics.stage_latency.labels(stage="detect").observe(results[0].detect_ms / 1000.0)
             self.metrics.stage_latency.labels(stage="classify").observe(results[0].classify_ms / 1000.0)
