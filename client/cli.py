@@ -204,7 +204,9 @@ def cmd_stream_video(args: argparse.Namespace) -> int:
     from client.overlay import draw_result
 
     options = JobOptions(every=args.every, smoothing=args.smoothing)
-    viewer = None if args.no_display else _open_viewer()
+    from client.display import open_viewer
+
+    viewer = None if args.no_display else open_viewer()
     recorder: dict[str, object] = {}
 
     def on_frame(image: object, record: object) -> bool:
@@ -251,12 +253,6 @@ def cmd_stream_video(args: argparse.Namespace) -> int:
 class _NullWriter:
     def write(self, record: object) -> None:
         pass
-
-
-def _open_viewer() -> object:
-    from client.display import open_viewer
-
-    return open_viewer()
 
 
 def cmd_stream(args: argparse.Namespace) -> int:

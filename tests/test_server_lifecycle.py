@@ -16,9 +16,9 @@ from server_harness import LiveServer, frame_640x480, jpeg, recv_json, retry, ru
 from test_server_stream import close_code
 from websockets.asyncio.client import connect
 
+from emotion_service import EmotionAnalyzer
 from server.cli import load_settings, main
 from server.config import Settings
-from emotion_service import EmotionAnalyzer
 from server.runtime import load_analyzer
 from shared.protocol import ErrorBody
 
