@@ -92,6 +92,11 @@ class Runtime:
         self._load_task: asyncio.Task[None] | None = None
         #: Images being decoded: the only ones that could still join a batch that is forming.
         self._decoding = 0
+        self.metrics.queue_depth.set_function(self.queue_depth)
+
+    def queue_depth(self) -> int:
+        """Images waiting for the model (queued plus decoding): the autoscaling signal."""
+        return self._decoding + (self.batcher.pending if self.batcher is not None else 0)
 
     async def start(self) -> None:
         """Begin loading in the background; returns at once so the server can answer /healthz."""
