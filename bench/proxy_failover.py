@@ -285,6 +285,7 @@ def table(r: dict[str, Any], args: argparse.Namespace) -> str:
     spread = ", ".join(f"{k}: {v}" for k, v in sorted(r["rest_spread"].items()))
     rec = [x for x in r["recovery_s"] if x == x]
     before, after, p50 = r["rest_before"], r["rest_after"], r["rest_p50_ms"]
+    codes = f" (statuses {r['rest_after_codes']})" if r["rest_after_codes"] else ""
     cmd = (
         f"python bench/proxy_failover.py --warm {args.warm:g} --after {args.after:g} "
         f"--rest-clients {args.rest_clients} --streams {args.streams}"
@@ -293,7 +294,7 @@ def table(r: dict[str, Any], args: argparse.Namespace) -> str:
         "| | before the kill | after the kill |",
         "| --- | --- | --- |",
         f"| REST answered 200 / failed | {before['ok']} / {before['failed']} "
-        f"| {after['ok']} / {after['failed']} {r['rest_after_codes'] or ''} |",
+        f"| {after['ok']} / {after['failed']}{codes} |",
         f"| REST p50 latency | {p50['before']:.0f} ms "
         f"| {p50['after']:.0f} ms (max {r['rest_max_ms_after']:.0f} ms) |",
         f"| REST requests by replica (nginx access log) | {spread} | survivor only |",
@@ -334,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     result = run(args.warm, args.after, args.rest_clients, args.streams)
     binary = nginx_binary() or "nginx"
-    result["nginx"] = subprocess.run([binary, "-v"], capture_output=True, text=True).stderr.strip()
+    version = subprocess.run([binary, "-v"], capture_output=True, text=True).stderr.strip()
+    result["nginx"] = version.replace("nginx version: ", "")
     for k, v in result.items():
         print(f"{k}: {v}")
     write_section(args.out, SECTION, table(result, args))
