@@ -107,7 +107,7 @@ def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_SUFFIXES
 
 
-def _cv2() -> Any:
+def require_cv2() -> Any:
     try:
         import cv2
     except ImportError as exc:
@@ -128,7 +128,7 @@ class VideoFrames:
     """Every `every`-th frame of a video file with its index and its own timestamp (not wall clock)."""
 
     def __init__(self, path: Path, every: int = 1) -> None:
-        cv2 = self.cv2 = _cv2()
+        cv2 = self.cv2 = require_cv2()
         self.path, self.every = path, max(1, every)
         self._cap = cv2.VideoCapture(str(path))
         if not self._cap.isOpened():
@@ -698,7 +698,7 @@ def _timeline(enabled: bool, name: str) -> Iterator[IO[str] | None]:
 
 
 def annotate_image(image: Path, faces: Sequence[FaceResult], out: Path) -> None:
-    cv2 = _cv2()
+    cv2 = require_cv2()
     import numpy as np
 
     from client.overlay import draw_result

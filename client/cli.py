@@ -325,10 +325,13 @@ def cmd_job(args: argparse.Namespace) -> int:
         is_video,
         open_writer,
         output_format,
+        require_cv2,
         run_job,
     )
 
     options = JobOptions(args.max_faces, args.min_confidence, args.detect, args.every)
+    if args.annotate is not None:
+        require_cv2()  # fail before any work when OpenCV (the [camera] extra) is missing
     files = expand(args.paths)
     backend = (
         RemoteBackend(args.server, args.api_key, options, concurrency=args.concurrency)
