@@ -218,7 +218,8 @@ class LocalBackend:
                 except DecodeError as exc:
                     slots.append(failed(str(path), exc.code, str(exc)))
                 except OSError as exc:
-                    slots.append(failed(str(path), "unreadable", f"{exc.strerror or exc}"))
+                    code = "not_found" if isinstance(exc, FileNotFoundError) else "unreadable"
+                    slots.append(failed(str(path), code, f"{exc.strerror or exc}"))
             good = [s for s in slots if not isinstance(s, Record)]
             results = iter(self.analyzer.run_batch([Job(d, self.opts) for d in good]) if good else [])
             for path, slot in zip(chunk, slots, strict=True):
