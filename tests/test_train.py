@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from server.model.checkpoint import load_checkpoint
@@ -124,3 +125,28 @@ def test_eval_writes_metrics_report_and_skips_unknown(tiny_fer: Path, tmp_path: 
     assert meta.metrics["test"]["accuracy"] == m["accuracy"] and meta.metrics["test"]["split"] == "private"
     assert set(meta.metrics["test"]["recall"]) == {"happy", "neutral"}
     assert meta.crop.margin == 0.1 and meta.crop.y_shift == 0.0
+
+
+def test_resume_refuses_a_changed_recipe(tiny_fer: Path, tmp_path: Path) -> None:
+    """The one-cycle schedule is fixed at start: resuming with other epochs must stop, not drift."""
+    args = ["--data", str(tiny_fer), "--out", str(tmp_path), "--batch-size", "16", "--epochs", "2"]
+    args += ["--classes", "happy,neutral", "--ema", "0"]
+    train.run(train.get_args_parser().parse_args([*args, "--stop-after", "1"]))
+    with pytest.raises(SystemExit, match="epochs"):
+        train.run(train.get_args_parser().parse_args([*args, "--epochs", "3", "--resume"]))
+    # where it runs may change (device, bf16 autocast), what it trains may not
+    train.run(train.get_args_parser().parse_args([*args, "--resume", "--amp", "off"]))
+    log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+
+
+def test_bf16_autocast_on_cpu_trains(tiny_fer: Path, tmp_path: Path) -> None:
+    """--amp bf16 trains the CPU step under bf16 autocast (native on AVX-512 BF16 / AMX) and still learns."""
+    argv = ["--data", str(tiny_fer), "--out", str(tmp_path), "--batch-size", "16", "--epochs", "4"]
+    argv += ["--classes", "happy,neutral,surprise", "--amp", "bf16", "--device", "cpu", "--lr", "0.05"]
+    args = train.get_args_parser().parse_args(argv)
+    summary = train.run(args)
+    assert args.amp_enabled
+    assert summary["best"]["val_acc"] > 0.5  # 3 separable classes: chance is 1/3
+    assert train.amp_enabled("off", torch.device("cpu")) is False
+    assert train.amp_enabled("auto", torch.device("cpu")) is bool(torch.cpu._is_avx512_bf16_supported())

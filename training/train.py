@@ -67,7 +67,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--amp",
         choices=("auto", "bf16", "off"),
         default="auto",
-        help="bf16 autocast: auto = on for CUDA and for CPUs with native bf16 (AVX-512 BF16/AMX), ~1.75x faster",
+        help="bf16 autocast; auto: on for CUDA and CPUs with native bf16 (AVX-512 BF16, AMX), ~1.75x faster",
     )
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (same arguments)")
     p.add_argument(
@@ -181,7 +181,9 @@ def make_meta(
         input_size=args.input_size,
         mean=MEAN,
         std=STD,
-        train_config={k: v for k, v in vars(args).items() if k not in {"resume", "stop_after", "amp_enabled"}},
+        train_config={
+            k: v for k, v in vars(args).items() if k not in {"resume", "stop_after", "amp_enabled"}
+        },
         data_fingerprint=fingerprint,
         metrics=metrics,
     )
@@ -192,7 +194,7 @@ RESUMABLE_CHANGES = frozenset({"data", "out", "device", "amp"})
 
 
 def check_resume_args(saved: dict[str, Any], now: dict[str, Any]) -> None:
-    """Refuse to resume with a different recipe: the one-cycle schedule and the data order are fixed at start."""
+    """Refuse to resume with another recipe: the one-cycle schedule and the data order are fixed at start."""
     diff = {
         k: (saved.get(k), now.get(k))
         for k in saved.keys() | now.keys()
@@ -208,9 +210,10 @@ def amp_enabled(mode: str, device: torch.device) -> bool:
         return mode == "bf16"
     if device.type == "cuda":
         return True
-    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
-        torch.cpu, "_is_amx_tile_supported", lambda: False
-    )()
+    native = (
+        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+        or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    )
     return device.type == "cpu" and bool(native)
 
 
