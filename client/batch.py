@@ -414,7 +414,7 @@ class LockstepStream:
     def _exchange(self, jpeg: bytes) -> StreamResult:
         from websockets.exceptions import ConnectionClosed
 
-        from client.transport import StreamConnection
+        from client.transport import parse_stream_message
 
         try:
             if self._ws is None:
@@ -424,7 +424,7 @@ class LockstepStream:
             self._sent += 1
             while True:
                 msg = self._ws.recv(timeout=60)
-                parsed = StreamConnection._parse(msg)
+                parsed = parse_stream_message(msg)
                 if isinstance(parsed, ErrorBody):
                     raise ServerError(f"stream error {parsed.error.code}: {parsed.error.message}")
                 if parsed.frame == index:

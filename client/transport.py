@@ -128,6 +128,19 @@ def server_info(server: str, api_key: str | None = None, timeout: float = 10.0) 
     return info
 
 
+def parse_stream_message(msg: str | bytes) -> StreamResult | ErrorBody:
+    """One server message of `WS /v1/stream`, validated against the protocol."""
+    if isinstance(msg, bytes):
+        raise ServerError("unexpected binary message from server")
+    data = json.loads(msg)
+    if isinstance(data, dict) and "error" in data:
+        return ErrorBody.model_validate(data)
+    try:
+        return StreamResult.model_validate(data)
+    except ValidationError as exc:
+        raise ServerError(f"stream reply does not match the protocol: {exc}") from exc
+
+
 @dataclass
 class Backoff:
     """Exponential backoff with full jitter, so many clients do not reconnect in lockstep."""
@@ -223,15 +236,7 @@ class StreamConnection:
 
     @staticmethod
     def _parse(msg: str | bytes) -> StreamResult | ErrorBody:
-        if isinstance(msg, bytes):
-            raise ServerError("unexpected binary message from server")
-        data = json.loads(msg)
-        if isinstance(data, dict) and "error" in data:
-            return ErrorBody.model_validate(data)
-        try:
-            return StreamResult.model_validate(data)
-        except ValidationError as exc:
-            raise ServerError(f"stream reply does not match the protocol: {exc}") from exc
+        return parse_stream_message(msg)
 
     async def close(self) -> None:
         await self._ws.close()

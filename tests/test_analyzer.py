@@ -138,3 +138,21 @@ def test_environment_is_not_read(tiny_checkpoint: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("EMOTION_MAX_FACES", "1")
     monkeypatch.setenv("EMOTION_API_KEYS", "changeme")  # would stop the server; a library call ignores it
     assert EmotionAnalyzer(tiny_checkpoint, device="cpu").settings.max_faces == 10
+
+
+def test_the_readme_example_runs(astronaut_jpeg: bytes, tmp_path: Path) -> None:
+    """The README's Python API example, as written, on a real photo (bundled model, CPU here)."""
+    import re
+    import subprocess
+    import sys
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Python API") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    (tmp_path / "photo.jpg").write_bytes(astronaut_jpeg)
+    proc = subprocess.run(
+        [sys.executable, "-c", code.group(1)], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert re.match(r"x=\d+ y=\d+ w=\d+ h=\d+ \w+ 0\.\d+", proc.stdout), proc.stdout

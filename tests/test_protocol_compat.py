@@ -42,10 +42,10 @@ def test_stream_and_error_replies_with_new_fields_parse() -> None:
 
 
 def test_client_transport_reads_a_newer_servers_stream_reply() -> None:
-    from client.transport import StreamConnection
+    from client.transport import parse_stream_message
 
     msg = {"type": "result", "frame": 0, "faces": [], "image": IMAGE, "timing_ms": TIMING, "dropped": 0}
-    parsed = StreamConnection._parse(json.dumps({**msg, "new_field": {"nested": True}}))
+    parsed = parse_stream_message(json.dumps({**msg, "new_field": {"nested": True}}))
     assert isinstance(parsed, StreamResult)
 
 
