@@ -35,6 +35,7 @@ def test_rest_and_streams_survive_a_replica_kill(tiny_checkpoint: Path, astronau
     assert r["rest_spread"].get("killed replica", 0) > 0 and r["rest_spread"].get("survivor", 0) > 0, r
     assert r["rest_before"]["failed"] == 0 and r["rest_after"]["failed"] == 0, r
     assert r["rest_after"]["ok"] > 0, r
+    assert set(r["rest_spread_after"]) == {"survivor"}, r
     # Streams were pinned (each on one connection); those on the dead replica reconnected through
     # the proxy and were answered again, and none gave up.
     assert r["streams_on_victim"] >= 1 and r["reconnects"] >= r["streams_on_victim"], r
