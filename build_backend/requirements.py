@@ -32,6 +32,7 @@ DEV = [
     "pyyaml>=6",
     "schemathesis>=4.32",  # v4 API (openapi.from_url, as_strategy); generates real images for image/* bodies
     "kubernetes-validate>=1.28",
+    "setuptools>=68",  # tests/test_packaging.py builds the wheels without build isolation
 ]
 
 CLIENT_SCRIPTS = ["emotion-client = client.cli:main"]
