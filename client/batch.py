@@ -369,7 +369,7 @@ class LockstepStream:
 
     A connection lost mid-video is reopened (with backoff, for up to `retry_for` seconds, e.g.
     through a proxy to another replica) and the unanswered frame is sent again; track ids then
-    restart, as they do on any new stream.
+    restart, as they do on any new stream. A server that never answered fails at once.
     """
 
     def __init__(
@@ -380,6 +380,7 @@ class LockstepStream:
         self.server, self.api_key, self.control, self.retry_for = server, api_key, control, retry_for
         self.model = ModelRef(name="server", version="stream")
         self.reconnects = 0
+        self._connected_once = False
         self._ws: Any = None
         self._sent = 0
         try:
@@ -409,6 +410,7 @@ class LockstepStream:
         except (OSError, TimeoutError, WebSocketException) as exc:
             raise ServerUnavailable(f"cannot connect to {url}: {exc or type(exc).__name__}") from exc
         self._sent = 0
+        self._connected_once = True
         self._ws.send(self.control.model_dump_json(exclude_none=True))
 
     def _exchange(self, jpeg: bytes) -> StreamResult:
@@ -452,8 +454,8 @@ class LockstepStream:
             try:
                 return self._exchange(jpeg)
             except ServerUnavailable:
-                if time.monotonic() > deadline:
-                    raise
+                if not self._connected_once or time.monotonic() > deadline:
+                    raise  # a server that never answered fails at once; a lost one is retried
                 self.close()
                 self.reconnects += 1
                 time.sleep(backoff.next_delay())

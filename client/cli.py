@@ -1,8 +1,9 @@
 """`emotion-client` command line: stream, analyze / predict (batch and video jobs), plot.
 
-Exit codes: 0 done (or quit by the user), 1 runtime failure (server unreachable for
---retry-for, capture broke), 2 usage/config errors (bad arguments, camera will not open,
-API key refused), 130 forced interrupt.
+Exit codes: 0 done (or quit by the user), 1 runtime failure (server never answered, or
+unreachable for --retry-for, capture broke), 2 usage/config errors (bad arguments, camera will
+not open, API key refused, plot would overwrite a file), 130 forced interrupt, 141 stdout closed
+early (e.g. `| head`), as for a process killed by SIGPIPE.
 """
 
 from __future__ import annotations
@@ -19,7 +20,18 @@ from typing import IO
 from client.errors import ClientError, UsageError
 
 DEFAULT_SERVER = os.environ.get("EMOTION_SERVER", "http://127.0.0.1:8000")
-EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 1, 2, 130, 141
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to every option that has a meaningful default (not None/False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        shown = action.default not in (None, False, argparse.SUPPRESS) and action.option_strings
+        if shown and "%(default)" not in text and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -61,9 +73,8 @@ def job_args(sp: argparse.ArgumentParser, server_default: str | None) -> None:
         else "analyze on this server instead of in-process (needs only the client extra)"
     )
     sp.add_argument("--server", default=server_default, help=where)
-    sp.add_argument(
-        "--api-key", default=os.environ.get("EMOTION_API_KEY"), help="API key (env EMOTION_API_KEY)"
-    )
+    # The env default is applied in main() (resolve_env), so --help never prints a key.
+    sp.add_argument("--api-key", help="API key (env EMOTION_API_KEY)")
     sp.add_argument(
         "paths", nargs="+", type=Path, metavar="PATH", help="image or video files, or folders of them"
     )
@@ -115,11 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     def server_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--server", default=DEFAULT_SERVER, help="server base URL (env EMOTION_SERVER)")
-        sp.add_argument(
-            "--api-key", default=os.environ.get("EMOTION_API_KEY"), help="API key (env EMOTION_API_KEY)"
-        )
+        # The env default is applied in main(), so --help never prints a key.
+        sp.add_argument("--api-key", help="API key (env EMOTION_API_KEY)")
 
-    s = sub.add_parser("stream", help="stream a camera, video or image folder and show the results live")
+    s = sub.add_parser(
+        "stream",
+        formatter_class=_HelpFormatter,
+        help="stream a camera, video or image folder and show the results live",
+    )
     server_args(s)
     src = s.add_mutually_exclusive_group()
     src.add_argument("--camera", type=int, default=None, metavar="N", help="camera index (default 0)")
@@ -160,28 +174,47 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--max-inflight", type=int, default=2, help="frames sent but not yet answered (pipelining)"
     )
-    s.add_argument("--retry-for", type=float, help="give up after the server was unreachable this long (s)")
+    s.add_argument(
+        "--retry-for",
+        type=float,
+        metavar="S",
+        help="wait up to S seconds for an unreachable server, first connection included "
+        "(default: fail at once if it never answered, retry forever once it has)",
+    )
 
     an = sub.add_parser(
         "analyze",
+        formatter_class=_HelpFormatter,
         help="images, folders and videos -> one JSON line per image/frame or one CSV row per face "
         "(in-process; --server URL to use a server)",
     )
     job_args(an, server_default=None)
     pr = sub.add_parser(
         "predict",
+        formatter_class=_HelpFormatter,
         help="the same job as analyze, against a server (POST /v1/predict; WebSocket for videos)",
     )
     job_args(pr, server_default=DEFAULT_SERVER)
 
-    pl = sub.add_parser("plot", help="plot emotions over time per track from a stream --jsonl log")
+    pl = sub.add_parser(
+        "plot",
+        formatter_class=_HelpFormatter,
+        help="plot emotions over time per track from a stream --jsonl log",
+    )
     pl.add_argument("session", type=Path, metavar="SESSION.jsonl")
-    pl.add_argument("-o", "--out", type=Path, default=Path("timeline.png"), help="PNG to write")
+    pl.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        help="PNG to write, replaced if it exists (default: SESSION.png beside the log, never replaced "
+        "without --force)",
+    )
+    pl.add_argument("-f", "--force", action="store_true", help="replace the default output if it exists")
     pl.add_argument(
         "--size", type=_size, default=(1200, 800), help="WIDTHxHEIGHT in pixels (default 1200x800)"
     )
-    pl.add_argument("--style", choices=("area", "lines"), default="area")
-    pl.add_argument("--max-tracks", type=int, default=6)
+    pl.add_argument("--style", choices=("area", "lines"), default="area", help="stacked areas or lines")
+    pl.add_argument("--max-tracks", type=int, default=6, help="panels for the longest tracks")
     return p
 
 
@@ -360,18 +393,34 @@ def cmd_job(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from client.plot import plot_session
 
-    n = plot_session(args.session, args.out, size=args.size, style=args.style, max_tracks=args.max_tracks)
-    print(f"emotion-client: wrote {args.out} ({n} track(s))", file=sys.stderr)
+    out: Path = args.out or args.session.with_suffix(".png")
+    if args.out is None and out.exists() and not args.force:
+        raise UsageError(f"{out} exists; pass -o PATH for another file or --force to replace it")
+    n = plot_session(args.session, out, size=args.size, style=args.style, max_tracks=args.max_tracks)
+    print(f"emotion-client: wrote {out.resolve()} ({n} track(s))", file=sys.stderr)
     return 0
+
+
+def resolve_env(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill ``--api-key`` from ``EMOTION_API_KEY`` after parsing, so ``--help`` never shows a key."""
+    if "api_key" in vars(args) and args.api_key is None:
+        args.api_key = os.environ.get("EMOTION_API_KEY") or None
+    return args
 
 
 COMMANDS = {"stream": cmd_stream, "predict": cmd_job, "analyze": cmd_job, "plot": cmd_plot}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = resolve_env(build_parser().parse_args(argv))
     try:
         return COMMANDS[args.command](args)
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly. Point stdout at devnull so the
+        # interpreter's final flush does not raise (and print) the same error again.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except ClientError as exc:
         print(f"emotion-client: error: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAIL

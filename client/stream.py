@@ -2,8 +2,9 @@
 
 Sending never waits for a reply (up to `max_inflight` frames are pipelined) and the frame
 index the server echoes is matched to its send time for the round-trip latency. When the
-server goes away the session reconnects with backoff while capture and display keep going;
-a refused key ends it at once.
+server goes away mid-session the session reconnects with backoff while capture and display
+keep going; a server that never answered (wrong --server, not started) or a refused key ends
+it at once.
 """
 
 from __future__ import annotations
@@ -177,6 +178,13 @@ class StreamSession:
                 down_since = None
             now = time.monotonic()
             down_since = down_since or now
+            if self.stats.connections == 0 and self.opts.retry_for is None:
+                # Never reached: most likely a wrong --server or a server not started; a loop of
+                # retries would only hide that. --retry-for waits for a server that is coming up.
+                raise ServerUnavailable(
+                    f"{problem}; is the server running and --server right? "
+                    "(--retry-for SECONDS waits for a server that is still starting)"
+                ) from problem
             if self.opts.retry_for is not None and now - down_since > self.opts.retry_for:
                 raise problem
             delay = backoff.next_delay()
@@ -222,9 +230,15 @@ class StreamSession:
         while True:
             while conn.sent - (self._answered + 1) >= self.opts.max_inflight:
                 self._progress.clear()
-                try:  # a reply that never comes (frame rejected) must not stall us forever
-                    await asyncio.wait_for(self._progress.wait(), 1.0)
-                except TimeoutError:
+                # A reply that never comes (frame rejected) must not stall us forever. Not wait_for:
+                # on Python 3.11 it swallows a cancel that lands as the reply arrives, and this task
+                # would then outlive its connection.
+                waiter = asyncio.ensure_future(self._progress.wait())
+                try:
+                    await asyncio.wait({waiter}, timeout=1.0)
+                finally:
+                    waiter.cancel()
+                if not self._progress.is_set():
                     break
             frame = await self.slot.take()
             if frame is None:
@@ -266,7 +280,7 @@ class StreamSession:
             "timing_ms": msg.timing_ms.model_dump(mode="json"),
         }
         self.jsonl.write(json.dumps(rec, separators=(",", ":")) + "\n")
-        self.jsonl.flush()
+        self.jsonl.flush()  # a reader that left (`| head`) raises BrokenPipeError: main() exits quietly
 
     def _set_status(self, text: str, error: bool = False) -> None:
         self.status, self.status_error = text, error

@@ -15,6 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 
 from server.api import health, rest, stream
+from server.api.docs import create_documented_app
 from server.config import Settings
 from server.errors import install_error_handlers
 from server.metrics import RequestMetricsMiddleware
@@ -68,7 +69,7 @@ def create_app(
         finally:
             await runtime.close()
 
-    app = FastAPI(
+    app = create_documented_app(
         title="emotion-service",
         summary="Faces and their FER2013 emotions, per image (REST) or per webcam frame (WebSocket).",
         version="1",

@@ -82,6 +82,11 @@ def build_server(app: FastAPI, settings: Settings, **overrides: Any) -> Graceful
         "proxy_headers": True,
         "server_header": False,
     }
+    if settings.tls_enabled:
+        options["ssl_certfile"] = str(settings.ssl_certfile)
+        options["ssl_keyfile"] = str(settings.ssl_keyfile)
+        if settings.ssl_keyfile_password is not None:
+            options["ssl_keyfile_password"] = settings.ssl_keyfile_password.get_secret_value()
     options.update(overrides)
     install_redaction()
     return GracefulServer(uvicorn.Config(app, **options))
@@ -108,6 +113,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream-max-fps", type=float, help="per-stream frame-rate cap (default 30)")
     p.add_argument("--torch-threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--log-level", help="critical | error | warning | info | debug")
+    p.add_argument("--ssl-certfile", help="PEM certificate chain: serve HTTPS/WSS (EMOTION_SSL_CERTFILE)")
+    p.add_argument("--ssl-keyfile", help="PEM private key of --ssl-certfile (EMOTION_SSL_KEYFILE)")
     p.add_argument(
         "--warmup-only",
         action="store_true",

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from server.model.checkpoint import DEFAULT_CHECKPOINT
@@ -102,6 +103,44 @@ class Settings(BaseSettings):
         default=10.0, ge=0.0, description="Grace period for in-flight work on shutdown."
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    # --- TLS: HTTPS/WSS served by uvicorn itself (browsers give the camera only to HTTPS or localhost
+    # pages, so a remote browser needs this or a TLS reverse proxy; README "HTTPS for remote cameras").
+    ssl_certfile: Path | None = Field(
+        default=None, description="PEM certificate (full chain); with ssl_keyfile: HTTPS and WSS."
+    )
+    ssl_keyfile: Path | None = Field(default=None, description="PEM private key of ssl_certfile.")
+    ssl_keyfile_password: SecretStr | None = Field(default=None, description="Password of an encrypted key.")
+
+    @field_validator("ssl_certfile", "ssl_keyfile", "ssl_keyfile_password", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """``EMOTION_SSL_CERTFILE=`` (compose passes unset variables as empty) means no TLS."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _tls_pair_loads(self) -> Settings:
+        """Both files or neither, and they must load as a pair: a typo fails at startup, not per client."""
+        cert, key = self.ssl_certfile, self.ssl_keyfile
+        if cert is None and key is None:
+            return self
+        if cert is None or key is None:
+            raise ValueError("TLS needs both ssl_certfile and ssl_keyfile (EMOTION_SSL_CERTFILE/KEYFILE)")
+        for name, path in (("ssl_certfile", cert), ("ssl_keyfile", key)):
+            if not path.is_file():
+                raise ValueError(f"{name} {path} does not exist")
+        password = self.ssl_keyfile_password.get_secret_value() if self.ssl_keyfile_password else None
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password)
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(f"cannot load TLS certificate {cert} with key {key}: {exc}") from None
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.ssl_certfile is not None
+
+    # --- end TLS
 
     _split = field_validator("api_keys", "cors_origins", mode="before")(_split_csv)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
 from server.config import Settings
@@ -63,7 +64,20 @@ def key_is_valid(settings: Settings, key: str | None) -> bool:
     return any(matches)
 
 
-def require_api_key(conn: HTTPConnection, settings: SettingsDep) -> None:
+# Declared only so OpenAPI lists the two ways to send a key (Swagger UI's Authorize button);
+# presented_key() still reads them, so the rules live in one place.
+_BEARER = HTTPBearer(auto_error=False, scheme_name="bearer", description="`Authorization: Bearer <key>`")
+_HEADER = APIKeyHeader(
+    name="X-API-Key", auto_error=False, scheme_name="apiKey", description="`X-API-Key: <key>`"
+)
+
+
+def require_api_key(
+    conn: HTTPConnection,
+    settings: SettingsDep,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)],
+    _header: Annotated[str | None, Security(_HEADER)],
+) -> None:
     """Router dependency for HTTP routes; the WebSocket route checks with ``allow_query=True`` itself."""
     if not key_is_valid(settings, presented_key(conn)):
         raise Unauthorized()

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,16 @@ def write_y4m(path: Path, rgb: np.ndarray, frames: int = 2) -> None:
 class Chromium:
     """One headless Chromium process with a fake camera, and a CDP session on its first page."""
 
-    def __init__(self, exe: str, y4m: Path, profile: Path, width: int = 1280, height: int = 860) -> None:
+    def __init__(
+        self,
+        exe: str,
+        y4m: Path | None,
+        profile: Path,
+        width: int = 1280,
+        height: int = 860,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        """``y4m=None``: no camera at all (getUserMedia finds no device)."""
         self.log_path = profile.parent / "chromium.log"
         args = [
             exe,
@@ -67,8 +77,12 @@ class Chromium:
             "--disable-sync",
             "--disable-dev-shm-usage",
             "--use-fake-ui-for-media-stream",
-            "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-video-capture={y4m}",
+            *(
+                ["--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={y4m}"]
+                if y4m is not None
+                else []
+            ),
+            *extra_args,
             f"--user-data-dir={profile}",
             f"--window-size={width},{height}",
             "--remote-debugging-port=0",

@@ -10,12 +10,16 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 from cdp import Chromium, find_chromium, write_y4m
 from liveserver import LiveServer, settings_for
+from selfsigned import make_cert
+from server_harness import LiveServer as HarnessServer
+from server_harness import server_settings
 
 pytestmark = pytest.mark.slow
 KEY = "browser-test-key-1"
@@ -38,6 +42,22 @@ OVERLAY_PIXELS = """(() => {
   }
   return {opaque, tinted, total: d.length / 4};
 })()"""
+
+
+# What a user reads on the page: button, placeholder, chips, panel, status pill, message.
+PAGE_TEXT = """JSON.stringify({
+  toggle: document.getElementById('toggle').textContent,
+  disabled: document.getElementById('toggle').disabled,
+  placeholder: document.getElementById('placeholder').textContent,
+  placeholder_visible: !document.getElementById('placeholder').hidden,
+  fps: document.getElementById('fps').textContent,
+  latency: document.getElementById('latency').textContent,
+  stale: Boolean(document.querySelector('#result.stale')),
+  note: (document.getElementById('result-note') || {}).textContent || '',
+  status: document.getElementById('status').textContent,
+  message: document.getElementById('message').textContent,
+})"""
+NEXT_FRAMES = "new Promise((ok) => requestAnimationFrame(() => requestAnimationFrame(() => ok(1))))"
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +93,15 @@ def test_page_asks_for_the_key_then_streams_and_draws(
         browser.send("Page.navigate", url=server.url + "/")
         # Keys are on (GET /v1/info): the page shows the key form and does not connect yet.
         assert browser.wait_for("!document.getElementById('key-form').hidden", 20), browser.log_tail()
-        assert browser.wait_for("emotionApp.status === 'key'", 20), (
+        assert browser.wait_for("emotionApp.running && emotionApp.status === 'key'", 20), (
             "the camera starts, the stream waits for a key"
         )
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.screenshot(ARTIFACTS / "browser-key-required.png")
+        # No key was typed, so none was refused: "required", not "refused".
+        pill = browser.evaluate("document.getElementById('status').textContent")
+        shown = browser.evaluate("document.getElementById('message').textContent")
+        assert pill == "key required" and "refused" not in shown and "requires" in shown, (pill, shown)
 
         def submit(key: str) -> None:
             browser.evaluate(
@@ -86,6 +112,7 @@ def test_page_asks_for_the_key_then_streams_and_draws(
         submit("not-the-key")  # the server closes with 1008 and the page says so
         assert browser.wait_for("emotionApp.error && emotionApp.error.includes('refused')", 20)
         assert browser.evaluate("emotionApp.status") == "key"
+        assert browser.evaluate("document.getElementById('status').textContent") == "key refused"
 
         submit(KEY)
         n = browser.wait_for("emotionApp.results >= 4 && emotionApp.results", 45)
@@ -112,3 +139,98 @@ def test_page_asks_for_the_key_then_streams_and_draws(
     assert pixels["opaque"] > 2000, f"boxes, labels and bars should be drawn: {pixels}"
     assert pixels["tinted"] > 300, f"box and label in the dominant emotion's colour: {pixels}"
     assert pixels["opaque"] < pixels["total"] / 3, "the overlay must not cover the video"
+
+
+@pytest.fixture(scope="module")
+def open_settings(tiny_checkpoint: Path, chromium_exe: str) -> Any:
+    return settings_for(tiny_checkpoint)
+
+
+def test_page_without_a_camera_offers_retry(open_settings: Any, chromium_exe: str, tmp_path: Path) -> None:
+    with LiveServer(open_settings) as srv:
+        browser = Chromium(chromium_exe, None, tmp_path / "profile")
+        try:
+            browser.send("Page.navigate", url=srv.url + "/")
+            assert browser.wait_for("emotionApp.status === 'error'", 20), browser.log_tail()
+            ui = json.loads(browser.evaluate(PAGE_TEXT))
+            ARTIFACTS.mkdir(exist_ok=True)
+            browser.screenshot(ARTIFACTS / "browser-no-camera.png")
+        finally:
+            browser.close()
+    assert ui["toggle"] == "Retry" and not ui["disabled"], ui
+    assert "Waiting" not in ui["placeholder"] and "camera" in ui["placeholder"].lower(), ui
+    assert ui["placeholder_visible"] and "No camera" in ui["message"], ui
+
+
+def test_page_greys_stale_results_while_reconnecting_then_recovers(
+    open_settings: Any, chromium_exe: str, camera: Path, tmp_path: Path
+) -> None:
+    first = LiveServer(open_settings).start()
+    second: LiveServer | None = None
+    browser = Chromium(chromium_exe, camera, tmp_path / "profile")
+    try:
+        browser.send("Page.navigate", url=first.url + "/")
+        assert browser.wait_for("emotionApp.results >= 3 && emotionApp.lastResult.faces.length", 45)
+        browser.wait_for(NEXT_FRAMES, 5)
+        live = browser.evaluate(OVERLAY_PIXELS)
+        live_ui = json.loads(browser.evaluate(PAGE_TEXT))
+        first.stop()  # the server dies mid-session
+        assert browser.wait_for("emotionApp.status === 'reconnecting'", 20)
+        browser.wait_for(NEXT_FRAMES, 5)
+        stale = browser.evaluate(OVERLAY_PIXELS)
+        stale_ui = json.loads(browser.evaluate(PAGE_TEXT))
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.screenshot(ARTIFACTS / "browser-reconnecting.png")
+        second = LiveServer(open_settings, port=first.port).start()
+        n = browser.evaluate("emotionApp.results")
+        assert browser.wait_for(f"emotionApp.status === 'live' && emotionApp.results > {n} + 2", 45)
+        browser.wait_for(NEXT_FRAMES, 5)
+        back_ui = json.loads(browser.evaluate(PAGE_TEXT))
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.screenshot(ARTIFACTS / "browser-recovered.png")
+    finally:
+        browser.close()
+        if second is not None:
+            second.stop()
+        first.stop()
+    assert live["opaque"] > 2000 and not live_ui["stale"], (live, live_ui)
+    assert live_ui["fps"] != "–" and live_ui["latency"] != "–"
+    # Reconnecting: no box over the live video, no fps/latency as if current, the panel greyed and saying so.
+    assert stale["opaque"] == 0, f"the last box must not stay drawn while reconnecting: {stale}"
+    assert stale_ui["fps"] == "–" and stale_ui["latency"] == "–", stale_ui
+    assert stale_ui["stale"] and "reconnecting" in stale_ui["note"], stale_ui
+    assert "reconnecting" in stale_ui["status"], stale_ui
+    assert not back_ui["stale"] and back_ui["note"] == "" and back_ui["fps"] != "–", back_ui
+
+
+def test_remote_camera_page_needs_https_and_works_over_it(
+    tiny_checkpoint: Path, open_settings: Any, chromium_exe: str, camera: Path, tmp_path: Path
+) -> None:
+    """A browser on another machine: the host is not localhost, so only HTTPS gives it the camera.
+
+    `emotion.test` is mapped to 127.0.0.1 inside Chromium, so the page is not a localhost page;
+    the self-signed certificate is accepted with --ignore-certificate-errors (a real deployment
+    uses a trusted one: README "HTTPS for remote cameras")."""
+    cert, key = make_cert(tmp_path / "tls", ("emotion.test",))
+    tls = HarnessServer(
+        server_settings(tiny_checkpoint, ssl_certfile=cert, ssl_keyfile=key, log_level="warning")
+    ).start(wait_ready=False)
+    plain = LiveServer(open_settings).start()
+    flags = ("--host-resolver-rules=MAP emotion.test 127.0.0.1", "--ignore-certificate-errors")
+    browser = Chromium(chromium_exe, camera, tmp_path / "profile", extra_args=flags)
+    try:
+        browser.send("Page.navigate", url=f"http://emotion.test:{plain.port}/")
+        assert browser.wait_for("emotionApp.status === 'error'", 20), browser.log_tail()
+        insecure = json.loads(browser.evaluate(PAGE_TEXT))
+        assert browser.evaluate("window.isSecureContext") is False
+
+        browser.send("Page.navigate", url=f"https://emotion.test:{tls.port}/")
+        n = browser.wait_for("emotionApp.results >= 3 && emotionApp.results", 60)
+        secure = browser.evaluate("window.isSecureContext")
+        faces = browser.evaluate("emotionApp.lastResult.faces.length")
+    finally:
+        browser.close()
+        plain.stop()
+        tls.stop()
+    assert "https" in insecure["message"] and insecure["toggle"] == "Retry", insecure
+    assert secure is True and n and n >= 3 and faces >= 1

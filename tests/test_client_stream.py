@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ import numpy as np
 import pytest
 from liveserver import LiveServer, run_client, settings_for
 
-from client.cli import EXIT_FAIL, main
+from client.cli import EXIT_BROKEN_PIPE, EXIT_FAIL, main
 from shared.protocol import FaceResult, PredictResponse
 
 pytestmark = pytest.mark.slow
@@ -160,3 +162,23 @@ def test_predict_on_garbage_reports_the_server_error(
 def test_unreachable_server_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["predict", __file__, "--server", "http://127.0.0.1:9"]) == EXIT_FAIL
     assert "cannot reach http://127.0.0.1:9/v1/predict" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["predict", "stream"])
+def test_output_into_a_closed_pipe_ends_quietly(server: LiveServer, tmp_path: Path, command: str) -> None:
+    """`emotion-client ... | head -3`: the reader leaves early; no BrokenPipeError traceback, no hang."""
+    image = tmp_path / "a.jpg"
+    image.write_bytes(cv2.imencode(".jpg", np.full((64, 64, 3), 90, np.uint8))[1].tobytes())
+    stream = ["stream", "--images", str(tmp_path), "--loop", "--fps", "20", "--no-display", "--duration=20"]
+    args = ["predict", str(image)] if command == "predict" else stream
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "client", *args, "--server", server.url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    start = time.monotonic()
+    proc.stdout.close()  # like `head` exiting before the client writes
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=30) == EXIT_BROKEN_PIPE, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err, err
+    assert time.monotonic() - start < 15, "the stream ends at the first failed write, not at --duration"

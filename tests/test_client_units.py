@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import math
 import re
 import time
 from pathlib import Path
@@ -17,7 +19,7 @@ from client.capture import CaptureThread, ImageDirSource, LatestFrame, VideoSour
 from client.cli import EXIT_USAGE, main
 from client.errors import UsageError
 from client.overlay import HudStats, draw_emoji, draw_result
-from client.plot import load_tracks, plot_session
+from client.plot import load_tracks, plot_session, session_figure
 from client.transport import Backoff, http_url, ws_url
 from shared.emotions import EMOTIONS
 from shared.protocol import FaceBox, FaceResult
@@ -152,6 +154,115 @@ def test_plot_is_a_png_of_the_requested_size(tmp_path: Path, style: Literal["are
     assert img is not None
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and img.shape[:2] == (500, 900)
     assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50  # something was drawn
+
+
+def _gap_log(path: Path) -> tuple[float, float]:
+    """Track 1 in replies 0-12 and 20-29 (absent 13-19, 1.3-1.9 s); track 2 throughout. Returns the gap."""
+    t0 = time.time()
+    with path.open("w") as fh:
+        for i in range(30):
+            faces = [_face(100, 10, 40, 40, "sad", track=2)]
+            if not 13 <= i < 20:
+                faces.insert(0, _face(10, 10, 50, 50, "happy", track=1))
+            rec = {"ts": t0 + i / 10, "conn": 1, "frame": i, "faces": [f.model_dump() for f in faces]}
+            fh.write(json.dumps(rec) + "\n")
+    return 1.2, 2.0  # last sample before, first after
+
+
+@pytest.mark.parametrize("style", ["area", "lines"])
+def test_plot_draws_a_gap_where_a_track_was_absent_and_labels_probability(
+    tmp_path: Path, style: Literal["area", "lines"]
+) -> None:
+    log = tmp_path / "s.jsonl"
+    before, after = _gap_log(log)
+    fig, shown = session_figure(log, style=style)
+    assert shown == 2
+    axes = {ax.get_ylabel().splitlines()[0]: ax for ax in fig.axes if ax.get_ylabel()}
+    assert set(axes) == {"track 1", "track 2"}
+    assert all("probability" in ax.get_ylabel() for ax in axes.values())
+
+    def spans(ax: object) -> list[tuple[float, float]]:
+        """x extent of every drawn piece: each filled polygon, or each line segment between finite points."""
+        if style == "area":
+            return [
+                (p.vertices[:, 0].min(), p.vertices[:, 0].max())
+                for c in ax.collections
+                for p in c.get_paths()
+            ]  # type: ignore[attr-defined]
+        out = []
+        for ln in ax.get_lines():  # type: ignore[attr-defined]
+            xy = ln.get_xydata()
+            out += [
+                (a[0], b[0]) for a, b in itertools.pairwise(xy) if not (math.isnan(a[1]) or math.isnan(b[1]))
+            ]
+        return out
+
+    pieces = spans(axes["track 1"])
+    assert min(lo for lo, _ in pieces) == pytest.approx(0) and max(hi for _, hi in pieces) == pytest.approx(
+        2.9
+    )
+    crossing = [(lo, hi) for lo, hi in pieces if lo < after - 1e-6 and hi > before + 1e-6]
+    assert not crossing, f"nothing may be drawn while track 1 was absent: {crossing[:3]}"
+    assert any(lo < after - 1e-6 and hi > before + 1e-6 for lo, hi in spans(axes["track 2"])), (
+        "track 2 is continuous"
+    )
+
+
+def test_plot_without_out_writes_beside_the_log_and_never_overwrites_silently(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    log = logs / "session.jsonl"
+    _write_log(log)
+    assert main(["plot", str(log)]) == 0
+    png = logs / "session.png"
+    assert png.read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "timeline.png").exists()
+    assert f"wrote {png.resolve()}" in capsys.readouterr().err, "says where, as an absolute path"
+    png.write_bytes(b"keep me")
+    assert main(["plot", str(log)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "exists" in err and "--force" in err and png.read_bytes() == b"keep me"
+    assert main(["plot", str(log), "--force"]) == 0 and png.read_bytes()[:4] == b"\x89PNG"
+    explicit = tmp_path / "chosen.png"
+    explicit.write_bytes(b"old")
+    assert main(["plot", str(log), "-o", str(explicit)]) == 0, "an explicit -o is the user's choice"
+    assert explicit.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("command", "defaults"),
+    [
+        ("stream", ["default: http://127.0.0.1:8000", "(default: 640)", "(default: 80)", "(default: 2)"]),
+        ("predict", ["default: http://127.0.0.1:8000"]),
+        ("plot", ["(default: area)", "(default: 6)", "1200x800"]),
+    ],
+)
+def test_help_shows_defaults_but_never_the_key(
+    command: str, defaults: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EMOTION_API_KEY", "secret-key-from-env")
+    monkeypatch.delenv("EMOTION_SERVER", raising=False)
+    import client.cli
+
+    monkeypatch.setattr(client.cli, "DEFAULT_SERVER", "http://127.0.0.1:8000")
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for text in defaults:
+        assert text in out, f"{text!r} missing from {command} --help"
+    assert "secret-key-from-env" not in out and "(default: None)" not in out
+
+
+def test_api_key_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from client.cli import build_parser, resolve_env
+
+    monkeypatch.setenv("EMOTION_API_KEY", "key-from-env-1")
+    assert resolve_env(build_parser().parse_args(["predict", "x.jpg"])).api_key == "key-from-env-1"
+    args = build_parser().parse_args(["predict", "x.jpg", "--api-key", "flag-key-22"])
+    assert resolve_env(args).api_key == "flag-key-22"
 
 
 def test_plot_rejects_a_non_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

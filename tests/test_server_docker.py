@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +39,74 @@ def compose() -> dict[str, Any]:
     return data
 
 
+_VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def interpolate(value: str, env: dict[str, str] | None = None) -> str:
+    """Compose's ``${NAME:-default}`` substitution, as `docker compose config` does it."""
+    env = env or {}
+    return _VAR.sub(lambda m: env.get(m.group(1)) or (m.group(2) or ""), value)
+
+
 def test_compose_gpu_service(compose: dict[str, Any]) -> None:
     server = compose["services"]["server"]
     assert "profiles" not in server  # `docker compose up` starts it
-    assert server["ports"] == ["8000:8000"]
     assert server["build"]["dockerfile"] == "docker/Dockerfile" and server["build"]["context"] == "."
     health = " ".join(server["healthcheck"]["test"])
-    assert "http://127.0.0.1:8000/readyz" in health
+    assert "://127.0.0.1:8000/readyz" in health
     (device,) = server["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+
+
+@pytest.mark.parametrize("service", ["server", "server-cpu"])
+def test_compose_publishes_on_loopback_unless_asked(compose: dict[str, Any], service: str) -> None:
+    """No key by default, so by default only this host can reach it; EMOTION_BIND opens it on purpose."""
+    (port,) = compose["services"][service]["ports"]
+    assert interpolate(port) == "127.0.0.1:8000:8000"
+    assert interpolate(port, {"EMOTION_BIND": "0.0.0.0"}) == "0.0.0.0:8000:8000"
+    header = (REPO / "docker-compose.yml").read_text().split("x-server")[0]
+    assert "127.0.0.1" in header and "EMOTION_BIND=0.0.0.0" in header
+    assert "EMOTION_BIND=0.0.0.0" in (REPO / "README.md").read_text()
+
+
+def test_compose_gpu_service_fails_fast_without_a_gpu(
+    compose: dict[str, Any], tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The GPU service asks for CUDA outright: on a host without a usable GPU it stops with a message
+    at startup (exit 2) instead of quietly serving from the CPU."""
+    import torch
+
+    device = interpolate(compose["services"]["server"]["environment"]["EMOTION_DEVICE"])
+    assert device == "cuda"
+    if torch.cuda.is_available():
+        pytest.skip("this host has a GPU")
+    assert main(["--device", device, "--checkpoint", str(tiny_checkpoint)]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_compose_healthcheck_command_passes_against_a_ready_server(
+    compose: dict[str, Any], tiny_checkpoint: Path, tmp_path: Path, tls: bool
+) -> None:
+    """The healthcheck's own command, run against a real server (its port swapped in), plain and TLS."""
+    from selfsigned import make_cert
+    from server_harness import LiveServer, server_settings
+
+    tls_files = dict(zip(("ssl_certfile", "ssl_keyfile"), make_cert(tmp_path), strict=True)) if tls else {}
+    server = LiveServer(server_settings(tiny_checkpoint, **tls_files)).start(wait_ready=False)
+    try:
+        cmd = compose["services"]["server"]["healthcheck"]["test"]
+        assert cmd[:3] == ["CMD", "python", "-c"]
+        code = cmd[3].replace(":8000/", f":{server.port}/")
+        env = os.environ | ({"EMOTION_SSL_CERTFILE": str(tls_files["ssl_certfile"])} if tls else {})
+        deadline = time.monotonic() + 120
+        while subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, check=False
+        ).returncode:
+            assert time.monotonic() < deadline, "healthcheck never passed"
+            time.sleep(0.5)
+    finally:
+        server.stop()
 
 
 def test_compose_cpu_override(compose: dict[str, Any]) -> None:
@@ -51,7 +114,7 @@ def test_compose_cpu_override(compose: dict[str, Any]) -> None:
     assert cpu["profiles"] == ["cpu"]  # only when asked for: `docker compose up server-cpu`
     assert cpu["environment"]["EMOTION_DEVICE"] == "cpu"
     assert "deploy" not in cpu  # no GPU reservation
-    assert cpu["ports"] == ["8000:8000"] and "healthcheck" in cpu
+    assert cpu["ports"] == compose["services"]["server"]["ports"] and "healthcheck" in cpu
     assert (
         cpu["build"]["dockerfile"] == "docker/Dockerfile"
         and "whl/cpu" in cpu["build"]["args"]["TORCH_INDEX_URL"]
@@ -100,3 +163,25 @@ def test_image_warmup_step_runs(
     monkeypatch.setenv("EMOTION_CACHE_DIR", str(tmp_path))
     assert main([*argv, "--checkpoint", str(tiny_checkpoint), "--torch-threads", "1"]) == 0
     assert list(tmp_path.glob("*.safetensors")), "the detector cache is baked into the image"
+
+
+def _pins(command: str) -> tuple[str, str]:
+    torch = re.search(r"\btorch==(\S+)", command)
+    vision = re.search(r"\btorchvision==(\S+)", command)
+    assert torch and vision, command
+    return torch.group(1), vision.group(1)
+
+
+def test_readme_offers_a_cpu_only_install_next_to_the_default() -> None:
+    """The first two commands stay as they are (PyPI only, they work on any fresh machine); a
+    CPU-only variant of the server install sits beside them, with the same tested versions."""
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+    first = [line for line in blocks[0].splitlines() if line.strip() and not line.startswith("#")]
+    assert len(first) == 2 and all("--index-url" not in line for line in first)
+    assert '-e ".[server]"' in first[0] and "emotion-server" in first[0] and '-e ".[dev]"' in first[1]
+    cpu = next(b for b in blocks if "download.pytorch.org/whl/cpu" in b).replace("\\\n", " ")
+    assert "--index-url https://download.pytorch.org/whl/cpu" in cpu and '-e ".[server]"' in cpu
+    assert _pins(cpu) == _pins(first[0]) == _pins(first[1])
+    section = readme[: readme.index("## Layout")]
+    assert section.index("download.pytorch.org/whl/cpu") > section.index(first[1]), "next to the default"

@@ -8,6 +8,7 @@
   const SEND_WIDTH = 640;
   const JPEG_QUALITY = 0.8;
   const STALL_MS = 3000; // a reply that never comes (rejected frame) must not block sending forever
+  const STALE_MS = 2500; // an older result is not drawn over the live video: the face has moved on
   const KEY_STORE = 'emotion.apiKey';
   const POLICY_VIOLATION = 1008;
 
@@ -24,12 +25,13 @@
     fps: $('fps'), latency: $('latency'), dropped: $('dropped'), faces: $('faces'),
     keyForm: $('key-form'), keyInput: $('api-key'), dominant: $('dominant'), bars: $('bars'),
     toggle: $('toggle'), mirror: $('mirror'), smoothing: $('smoothing'), smoothingOut: $('smoothing-out'),
-    rate: $('rate'), rateOut: $('rate-out'), message: $('message'),
+    rate: $('rate'), rateOut: $('rate-out'), message: $('message'), result: $('result'),
+    resultNote: $('result-note'),
   };
 
   // Exposed for tests and for poking at from the devtools console.
   const state = {
-    status: 'idle', running: false, keyRequired: false,
+    status: 'idle', running: false, keyRequired: false, stale: false,
     sent: 0, results: 0, dropped: 0, fps: 0, latencyMs: null, lastResult: null, error: null,
   };
   window.emotionApp = state;
@@ -70,15 +72,28 @@
 
   async function loadInfo() {
     try {
-      const res = await fetch('v1/info', { cache: 'no-store' });
+      const key = apiKey();
+      const res = await fetch('v1/info', { cache: 'no-store', headers: key ? { 'X-API-Key': key } : {} });
+      if (res.status === 401 || res.status === 403) {
+        needKey(Boolean(key)); // /v1/info itself needs the key: that is how a keyed server says so
+        return;
+      }
       if (!res.ok) return;
       const info = await res.json();
       const auth = info.auth ?? info.auth_required ?? info.api_key_required ?? info.api_keys;
       state.keyRequired = auth === true || auth === 'api_key' || (auth && auth.required === true);
-      if (state.keyRequired && !apiKey()) showKeyForm('This server requires a key.');
+      if (state.keyRequired && !apiKey()) needKey(false);
     } catch (err) {
       // An older server without /v1/info: a 1008 close will tell us about keys instead.
     }
+  }
+
+  // "required" until a key was actually sent and refused; only then "refused".
+  function needKey(refused) {
+    state.keyRequired = true;
+    setStatus('key', refused ? 'key refused' : 'key required');
+    say(refused ? 'The server refused this API key.' : 'This server requires an API key.');
+    showKeyForm(refused ? 'Enter a valid key to connect.' : 'Paste your key to connect.');
   }
 
   function showKeyForm(hint) {
@@ -121,7 +136,7 @@
     clearTimeout(reconnectTimer);
     if (!state.running) return;
     if (state.keyRequired && !apiKey()) {
-      setStatus('key', 'API key needed');
+      needKey(false);
       return;
     }
     setStatus(state.results ? 'reconnecting' : 'connecting', 'connecting…');
@@ -142,13 +157,11 @@
       if (ws !== sock) return;
       ws = null;
       if (ev.code === POLICY_VIOLATION) {
-        state.keyRequired = true;
-        setStatus('key', 'key refused');
-        say(apiKey() ? 'The server refused this API key.' : 'This server requires an API key.');
-        showKeyForm('Enter a valid key to connect.');
+        needKey(Boolean(apiKey()));
         return; // retrying with the same key cannot help
       }
       if (!state.running) return;
+      markStale();
       setStatus('reconnecting', `reconnecting in ${(backoff / 1000).toFixed(1)} s`);
       reconnectTimer = setTimeout(connect, backoff);
       backoff = Math.min(backoff * 2, 10000);
@@ -188,6 +201,14 @@
     document.body.dataset.results = String(state.results);
     renderPanel(msg);
     pump();
+  }
+
+  // The last result describes a face that has since moved: take it off the video, grey the panel.
+  function markStale() {
+    state.lastResult = null;
+    state.fps = 0;
+    state.latencyMs = null;
+    replyTimes = [];
   }
 
   // --- sending ------------------------------------------------------------------------------
@@ -232,7 +253,14 @@
     }
     const ctx = cv.getContext('2d');
     ctx.clearRect(0, 0, w, h);
-    const res = state.lastResult;
+    const fresh = state.status === 'live' && performance.now() - lastReply < STALE_MS;
+    const res = fresh ? state.lastResult : null;
+    const stale = state.running && !res && state.results > 0;
+    if (stale !== state.stale) {
+      state.stale = stale;
+      ui.result.classList.toggle('stale', stale);
+      ui.resultNote.textContent = stale ? `last result, ${state.status === 'live' ? 'no reply' : 'reconnecting'}…` : '';
+    }
     if (res && state.running && ui.video.videoWidth) {
       // The video is letterboxed (object-fit: contain) inside the stage: map image px -> canvas px.
       const vw = ui.video.videoWidth;
@@ -243,8 +271,8 @@
       const s = fit * (vw / res.image.width);
       for (const face of res.faces) drawFace(ctx, face, s, ox, oy, res.image.width, dpr);
     }
-    ui.fps.textContent = state.fps ? state.fps.toFixed(1) : '–';
-    ui.latency.textContent = state.latencyMs == null ? '–' : Math.round(state.latencyMs);
+    ui.fps.textContent = res && state.fps ? state.fps.toFixed(1) : '–';
+    ui.latency.textContent = res && state.latencyMs != null ? Math.round(state.latencyMs) : '–';
     ui.dropped.textContent = state.dropped;
     ui.faces.textContent = res ? res.faces.length : 0;
   }
@@ -334,16 +362,24 @@
   // --- controls -----------------------------------------------------------------------------
 
   async function start() {
-    say('');
+    if (state.status !== 'key') say(''); // keep "requires a key" while the camera starts
+    ui.toggle.disabled = true;
+    ui.toggle.textContent = 'Starting…';
+    ui.placeholder.hidden = false;
+    ui.placeholder.textContent = 'Waiting for the camera…';
     try {
       await startCamera();
     } catch (err) {
       setStatus('error', 'no camera');
       say(err.message);
+      ui.placeholder.textContent = `${err.message} Press Retry when it is fixed.`;
+      ui.toggle.textContent = 'Retry';
+      ui.toggle.disabled = false;
       return;
     }
     state.running = true;
     ui.toggle.textContent = 'Stop';
+    ui.toggle.disabled = false;
     connect();
   }
 
