@@ -68,7 +68,7 @@ def _probability(text: str) -> float:
 def job_args(sp: argparse.ArgumentParser, server_default: str | None) -> None:
     """The batch/video job's options, the same for `analyze` and `predict` (one implementation)."""
     where = (
-        f"server base URL (env EMOTION_SERVER; default {server_default})"
+        f"server base URL (env EMOTION_SERVER; default: {server_default})"
         if server_default
         else "analyze on this server instead of in-process (needs only the client extra)"
     )
