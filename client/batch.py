@@ -204,17 +204,15 @@ class LocalBackend:
         self.batch_size = max(1, batch_size)
 
     def images(self, paths: Sequence[Path]) -> Iterator[Record]:
-        from emotion_service.analyzer import to_decoded
         from server.pipeline.decode import DecodeError
         from server.pipeline.runner import Job
 
-        limit = self.analyzer.settings.max_pixels
         for chunk in _chunks(paths, self.batch_size):
             started = time.perf_counter()
             slots: list[Any] = []
             for path in chunk:
                 try:
-                    slots.append(to_decoded(path, max_pixels=limit))
+                    slots.append(self.analyzer.decode(path))
                 except DecodeError as exc:
                     slots.append(failed(str(path), exc.code, str(exc)))
                 except OSError as exc:

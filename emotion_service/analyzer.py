@@ -21,7 +21,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from server.config import Settings
 from server.pipeline.decode import SUPPORTED_FORMATS, DecodedImage, DecodeError, decode_image, to_rgb
-from server.pipeline.runner import Job, JobResult, Pipeline, PredictOptions, face_result
+from server.pipeline.runner import Job, JobResult, PredictOptions, build_pipeline, face_result, work_size
 from shared.protocol import ImageInfo, ModelRef, PredictResponse, Timing
 
 #: Array inputs: ``"rgb"`` (PIL, imageio, scikit-image, matplotlib) or ``"bgr"`` (OpenCV's ``imread``).
@@ -46,12 +46,18 @@ def _array_to_tensor(arr: np.ndarray, channels: ChannelOrder) -> torch.Tensor:
     return torch.from_numpy(np.array(arr, order="C")).permute(2, 0, 1)  # a copy: the caller keeps theirs
 
 
-def to_decoded(image: Any, channels: ChannelOrder = "rgb", max_pixels: int = 40_000_000) -> DecodedImage:
+def to_decoded(
+    image: Any,
+    channels: ChannelOrder = "rgb",
+    max_pixels: int = 40_000_000,
+    work: tuple[int, int] | None = None,
+) -> DecodedImage:
     """Any accepted input -> the pipeline's (3, H, W) uint8 RGB tensor.
 
     Paths and bytes go through the server's decoder (format sniffed from the bytes, EXIF
-    orientation applied, pixel limit checked before decoding); ``channels`` applies to
-    arrays only. Raises a :class:`server.pipeline.decode.DecodeError` subclass on bad input.
+    orientation applied, pixel limit checked before decoding, a large JPEG decoded reduced to
+    ``work`` as the server does); ``channels`` applies to arrays only. Raises a
+    :class:`server.pipeline.decode.DecodeError` subclass on bad input.
     """
     start = time.perf_counter()
     if isinstance(image, str | Path):
@@ -60,7 +66,7 @@ def to_decoded(image: Any, channels: ChannelOrder = "rgb", max_pixels: int = 40_
             raise FileNotFoundError(f"no such image file: {path}")
         image = path.read_bytes()
     if isinstance(image, bytes | bytearray | memoryview):
-        return decode_image(bytes(image), max_pixels=max_pixels, formats=SUPPORTED_FORMATS)
+        return decode_image(bytes(image), max_pixels=max_pixels, formats=SUPPORTED_FORMATS, work_size=work)
     if isinstance(image, Image.Image):
         tensor = _array_to_tensor(np.asarray(to_rgb(image)), "rgb")
     elif isinstance(image, np.ndarray):
@@ -111,23 +117,9 @@ class EmotionAnalyzer:
         return self
 
     def _init(self, settings: Settings) -> None:
-        from server.pipeline.classify import EmotionClassifier
-        from server.pipeline.detect import build_detector
-
         self.settings = settings
         self.device = settings.torch_device()
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
-        classifier = EmotionClassifier(settings.checkpoint, self.device)
-        detector = build_detector(
-            settings.detector,
-            device=self.device,
-            score_threshold=settings.score_threshold,
-            max_faces=settings.max_faces,
-            min_face_size=settings.min_face_size,
-            input_size=settings.detector_input_size,
-        )
-        self.pipeline = Pipeline(classifier, detector, self.device)
+        self.pipeline = build_pipeline(settings, self.device)
         if settings.warmup:
             self.pipeline.warmup()
 
@@ -174,6 +166,10 @@ class EmotionAnalyzer:
             ),
         )
 
+    def decode(self, image: Any, channels: ChannelOrder = "rgb") -> DecodedImage:
+        """One input as the pipeline takes it, with this analyzer's limits (see :func:`to_decoded`)."""
+        return to_decoded(image, channels, self.settings.max_pixels, work_size(self.settings))
+
     def warmup(self) -> None:
         self.pipeline.warmup()
 
@@ -209,7 +205,7 @@ class EmotionAnalyzer:
         """Several images in one model batch (faster per image, on a GPU especially); all must decode."""
         started = time.perf_counter()
         opts = self.options(max_faces, min_confidence, detect)
-        decoded = [to_decoded(img, channels, self.settings.max_pixels) for img in images]
+        decoded = [self.decode(img, channels) for img in images]
         if not decoded:
             return []
         results = self.run_batch([Job(d, opts) for d in decoded])

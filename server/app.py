@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse
 
 from server.api import health, rest, stream
 from server.api.docs import create_documented_app
+from server.api.guards import AllowedHosts, HeadAsGet
 from server.config import Settings
 from server.errors import install_error_handlers
 from server.metrics import RequestMetricsMiddleware
@@ -88,6 +89,9 @@ def create_app(
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
             max_age=600,
         )
+    app.add_middleware(HeadAsGet)
+    if settings.allowed_hosts:
+        app.add_middleware(AllowedHosts, hosts=settings.allowed_hosts)
     app.add_middleware(RequestMetricsMiddleware, metrics=runtime.metrics, routes=ROUTES)
     app.include_router(web_router(WEB_DIR))
     return app

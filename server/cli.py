@@ -15,7 +15,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import logging
-import re
 import socket
 import sys
 import time
@@ -28,34 +27,12 @@ from pydantic import ValidationError
 
 from server.app import create_app
 from server.config import Settings
+from server.logs import install_redaction, route_warnings_to_log
 from server.protocols import AbortingWebSocketProtocol, bounded_head_protocol
 from server.runtime import Runtime, load_analyzer
 
 #: Extra room over the frame limit so the app, not uvicorn, rejects big frames (with a reason).
 WS_SIZE_SLACK = 1024 * 1024
-
-
-_KEY_IN_QUERY = re.compile(r"(api_key=)[^&\s\"']+", re.IGNORECASE)
-
-
-class RedactApiKeys(logging.Filter):
-    """Masks ``api_key=...`` (the WebSocket query-string key) in uvicorn's access and connection logs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        def mask(value: object) -> object:
-            return _KEY_IN_QUERY.sub(r"\1***", value) if isinstance(value, str) else value
-
-        record.msg = mask(record.msg)
-        if isinstance(record.args, tuple):
-            record.args = tuple(mask(a) for a in record.args)
-        return True
-
-
-def install_redaction() -> None:
-    for name in ("uvicorn.access", "uvicorn.error"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, RedactApiKeys) for f in logger.filters):
-            logger.addFilter(RedactApiKeys())
 
 
 class GracefulServer(uvicorn.Server):
@@ -72,7 +49,7 @@ class GracefulServer(uvicorn.Server):
 def build_server(app: FastAPI, settings: Settings, **overrides: Any) -> GracefulServer:
     """A uvicorn server for ``app`` configured from ``settings`` (used by tests and the benchmark too)."""
     options: dict[str, Any] = {
-        "http": bounded_head_protocol(settings.header_timeout_s),
+        "http": bounded_head_protocol(settings.header_timeout_s, settings.body_timeout_s),
         "ws": AbortingWebSocketProtocol,
         "host": settings.host,
         "port": settings.port,
@@ -155,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    route_warnings_to_log()
     if args.warmup_only:
         return warmup_only(settings)
     try:

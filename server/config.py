@@ -83,6 +83,18 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         default=None, ge=1, le=256, description="torch intra-op threads; default: torch's."
     )
+    backend: Literal["auto", "torch", "openvino"] = Field(
+        default="auto",
+        description="Model runtime on the CPU: auto (OpenVINO when installed), torch (the reference path), "
+        "openvino. GPUs always run torch.",
+    )
+    cpu_precision: Literal["auto", "f32"] = Field(
+        default="auto",
+        description="OpenVINO precision: auto (bf16 on CPUs with native bf16, else f32) or f32.",
+    )
+    flip_tta: bool = Field(
+        default=False, description="Average each face's probabilities with its mirror image's (2x classify)."
+    )
     warmup: bool = True
 
     max_body_bytes: int = Field(default=10 * MiB, ge=1024)
@@ -95,10 +107,26 @@ class Settings(BaseSettings):
     )
 
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins whose pages may call the API and open streams (besides the server's own).",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names (or *.domain) the server answers to; empty: any. Probes answer any.",
+    )
 
     max_streams: int = Field(default=16, ge=1, le=10_000)
+    max_streams_per_client: int = Field(
+        default=0, ge=0, le=10_000, description="Streams one API key (else one address) may hold; 0: no cap."
+    )
     stream_max_fps: float = Field(default=30.0, gt=0.0, le=1000.0)
+    stream_idle_timeout_s: float = Field(
+        default=60.0,
+        ge=0.0,
+        le=86400.0,
+        description="A stream with no frame this long is closed (4408); 0: never.",
+    )
     shutdown_timeout_s: float = Field(
         default=10.0, ge=0.0, description="Grace period for in-flight work on shutdown."
     )
@@ -142,7 +170,7 @@ class Settings(BaseSettings):
 
     # --- end TLS
 
-    _split = field_validator("api_keys", "cors_origins", mode="before")(_split_csv)
+    _split = field_validator("api_keys", "cors_origins", "allowed_hosts", mode="before")(_split_csv)
 
     @field_validator("detector_input_size", mode="before")
     @classmethod
@@ -165,6 +193,11 @@ class Settings(BaseSettings):
         if not all(32 <= side <= 2048 for side in value):
             raise ValueError("detector input sides must be within 32..2048 pixels")
         return value
+
+    @field_validator("backend", "cpu_precision", mode="before")
+    @classmethod
+    def _lower_choice(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -219,7 +252,9 @@ class Settings(BaseSettings):
             "max_batch_size": self.max_batch_size,
             "max_wait_ms": self.max_wait_ms,
             "max_streams": self.max_streams,
+            "max_streams_per_client": self.max_streams_per_client,
             "stream_max_fps": self.stream_max_fps,
+            "stream_idle_timeout_s": self.stream_idle_timeout_s,
             "header_timeout_s": self.header_timeout_s,
             "body_timeout_s": self.body_timeout_s,
         }

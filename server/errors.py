@@ -16,7 +16,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from server.pipeline.batcher import BatcherClosed, BatcherFull
-from server.pipeline.decode import CorruptImage, DecodeError, ImageTooLarge, UnsupportedImage
+from server.pipeline.decode import (
+    CorruptImage,
+    DecodeError,
+    ImageTooComplex,
+    ImageTooLarge,
+    InvalidImageShape,
+    UnsupportedImage,
+)
 from shared.protocol import ErrorBody, ErrorDetail
 
 log = logging.getLogger(__name__)
@@ -81,7 +88,13 @@ class Overloaded(ApiError):
 
 
 #: Pipeline errors carry no HTTP knowledge; this is where they get a status.
-DECODE_STATUS: dict[type[DecodeError], int] = {UnsupportedImage: 415, CorruptImage: 400, ImageTooLarge: 413}
+DECODE_STATUS: dict[type[DecodeError], int] = {
+    UnsupportedImage: 415,
+    CorruptImage: 400,
+    ImageTooLarge: 413,
+    ImageTooComplex: 413,
+    InvalidImageShape: 422,
+}
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -161,5 +174,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Starlette re-raises after this response is sent, so the server log gets the traceback.
+        # uvicorn closes the connection after a re-raised error, so the reply says so: a client
+        # that reused the connection would otherwise get a reset.
         log.error("unhandled error on %s %s: %r", request.method, request.url.path, exc)
-        return error_response(request, 500, "internal_error", "internal server error")
+        return error_response(
+            request, 500, "internal_error", "internal server error", {"Connection": "close"}
+        )

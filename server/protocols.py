@@ -7,6 +7,14 @@
   head has not fully arrived ``head_timeout`` seconds after the connection opened or the request
   began, and 431 when it grows past ``MAX_HEAD_BYTES``. (The body has its own deadline in the
   app, ``EMOTION_BODY_TIMEOUT_S``, and its size limit, ``EMOTION_MAX_BODY_BYTES``.)
+* **Rest of a message** (trailer floods, slowloris after an unread body): once a request's head
+  is in, uvicorn parses the rest of the message even when the app answered without reading it
+  (a 401, ``/healthz``); trailer lines after a chunked body were appended to the headers with no
+  limit, and any byte of such a body cancelled the keep-alive timer for good. The protocol now
+  gives the rest of each message ``body_timeout + 1`` seconds from the end of its head (the app's
+  own 408 comes first when it is reading the body), closes the connection after
+  ``MAX_HEAD_BYTES`` in a row that carry no body (trailers, chunk extensions), and restarts the
+  keep-alive timer on bytes that arrive after the reply.
 * **Stalled WebSocket peer**: a client that stops reading fills the send buffer; uvicorn's
   keepalive then gives up and calls ``transport.close()``, which waits for that buffer to
   drain, i.e. forever, so the socket and the app's stream slot (one of ``EMOTION_MAX_STREAMS``)
@@ -48,6 +56,17 @@ HEAD_TOO_LARGE_RESPONSE = _error_response(
     "headers_too_large",
     f"request headers over {MAX_HEAD_BYTES} bytes",
 )
+TRAILERS_TOO_LARGE_RESPONSE = _error_response(
+    431,
+    "Request Header Fields Too Large",
+    "headers_too_large",
+    f"request trailers or chunk extensions over {MAX_HEAD_BYTES} bytes",
+)
+MESSAGE_TIMEOUT_RESPONSE = _error_response(
+    408, "Request Timeout", "request_timeout", "request body not received in time"
+)
+#: The app's body deadline answers first (with its own 408) when the app reads the body.
+MESSAGE_GRACE_S = 1.0
 
 
 class AbortingWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -69,25 +88,44 @@ class AbortingWebSocketProtocol(WebSocketsSansIOProtocol):
 
 
 class BoundedHeadProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a deadline and a size limit on each request head."""
+    """uvicorn's httptools protocol with deadlines and size limits on each request head and on
+    the rest of the message (body framing, trailers)."""
 
     head_timeout = 10.0
+    body_timeout = 30.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None  # set while a request head is awaited
         self._head_bytes = 0
+        self._message_timer: asyncio.TimerHandle | None = None  # set from head complete to message complete
+        self._bodiless_bytes = 0  # bytes received since the last body byte, while a message is open
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()  # a connection that never sends a request is a slow head too
 
     def data_received(self, data: bytes) -> None:
+        if self._message_timer is not None:
+            self._bodiless_bytes += len(data)  # on_body resets it while the parser runs
         super().data_received(data)  # may complete the head, which disarms
         if self._head_timer is not None:
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._refuse(HEAD_TOO_LARGE_RESPONSE, "request head over %d bytes", MAX_HEAD_BYTES)
+        elif self._message_timer is not None and self._bodiless_bytes > MAX_HEAD_BYTES:
+            self._refuse(
+                TRAILERS_TOO_LARGE_RESPONSE,
+                "over %d bytes of trailers or chunk framing",
+                MAX_HEAD_BYTES,
+                in_message=True,
+            )
+        if self._answered() and self.timeout_keep_alive_task is None and not self.transport.is_closing():
+            # Bytes of a body nobody reads: uvicorn cancelled its idle timer for them and would
+            # only start it again after the next reply; start it now.
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -96,10 +134,48 @@ class BoundedHeadProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()  # also for a WebSocket upgrade, whose head ends here
         super().on_headers_complete()
+        if not self.parser.should_upgrade():
+            self._bodiless_bytes = 0
+            self._message_timer = self.loop.call_later(
+                self.body_timeout + MESSAGE_GRACE_S, self._message_expired
+            )
+
+    def on_body(self, body: bytes) -> None:
+        self._bodiless_bytes = 0
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._disarm_message()
+        super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._disarm_message()
         super().connection_lost(exc)
+
+    def _answered(self) -> bool:
+        """Idle as far as the app is concerned: the last request has its full reply (whether or
+        not the rest of its body is still arriving) and no new request head has begun."""
+        return (
+            self._head_timer is None
+            and self.cycle is not None
+            and self.cycle.response_complete
+            and not self.pipeline
+        )
+
+    def _disarm_message(self) -> None:
+        if self._message_timer is not None:
+            self._message_timer.cancel()
+            self._message_timer = None
+
+    def _message_expired(self) -> None:
+        self._message_timer = None
+        self._refuse(
+            MESSAGE_TIMEOUT_RESPONSE,
+            "request body still arriving after %.1f s",
+            self.body_timeout,
+            in_message=True,
+        )
 
     def _arm(self) -> None:
         if self._head_timer is None:
@@ -115,14 +191,22 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self._head_timer = None
         self._refuse(HEAD_TIMEOUT_RESPONSE, "request head took over %.1f s", self.head_timeout)
 
-    def _refuse(self, response: bytes, why: str, arg: float) -> None:
+    def _refuse(self, response: bytes, why: str, arg: float, *, in_message: bool = False) -> None:
+        """Answer ``response`` (unless the app has begun its own reply to this message) and close."""
         self._disarm()
+        self._disarm_message()
         if not self.transport.is_closing():
             log.info("closing a connection: " + why, arg)
-            self.transport.write(response)
+            cycle = self.cycle if in_message else None
+            if cycle is None or not cycle.response_started:
+                self.transport.write(response)  # never into the middle of the app's own reply
+                if cycle is not None:
+                    cycle.disconnected = True  # the app's receive() sees a disconnect, its send() is dropped
             self.transport.close()  # also stops reading: whatever else it sends is not buffered
 
 
-def bounded_head_protocol(timeout: float) -> type[BoundedHeadProtocol]:
-    """:class:`BoundedHeadProtocol` with ``timeout`` seconds for each request head."""
-    return type("BoundedHeadProtocol", (BoundedHeadProtocol,), {"head_timeout": timeout})
+def bounded_head_protocol(timeout: float, body_timeout: float = 30.0) -> type[BoundedHeadProtocol]:
+    """:class:`BoundedHeadProtocol` with ``timeout`` seconds for each request head and
+    ``body_timeout`` (plus a grace second) for the rest of each message."""
+    attrs = {"head_timeout": timeout, "body_timeout": body_timeout}
+    return type("BoundedHeadProtocol", (BoundedHeadProtocol,), attrs)

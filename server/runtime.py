@@ -9,6 +9,9 @@ first real request would be fast.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import gc
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -21,9 +24,10 @@ from server.config import Settings
 from server.errors import NotReady
 from server.metrics import Metrics
 from server.model.checkpoint import CheckpointMeta, read_meta
+from server.pipeline.backend import resolve_backend
 from server.pipeline.batcher import Batcher
 from server.pipeline.decode import SUPPORTED_FORMATS, DecodedImage, decode_image
-from server.pipeline.runner import Job, JobResult
+from server.pipeline.runner import Job, JobResult, work_size
 
 log = logging.getLogger(__name__)
 
@@ -33,23 +37,28 @@ class Closable(Protocol):
 
 
 class StreamHub:
-    """Open streams, so there is a cap on them and shutdown can close each one properly."""
+    """Open streams, so there is a cap on them (in all, and per client) and shutdown can close
+    each one properly."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, per_client: int = 0) -> None:
         self.limit = limit
-        self._open: set[Closable] = set()
+        self.per_client = per_client  # 0: no per-client cap
+        self._open: dict[Closable, str] = {}  # stream -> client
 
     def __len__(self) -> int:
         return len(self._open)
 
-    def try_add(self, stream: Closable) -> bool:
+    def try_add(self, stream: Closable, client: str = "") -> str | None:
+        """None if ``stream`` got a slot, else why not."""
         if len(self._open) >= self.limit:
-            return False
-        self._open.add(stream)
-        return True
+            return f"server at its limit of {self.limit} streams"
+        if self.per_client and sum(c == client for c in self._open.values()) >= self.per_client:
+            return f"client at its limit of {self.per_client} streams"
+        self._open[stream] = client
+        return None
 
     def discard(self, stream: Closable) -> None:
-        self._open.discard(stream)
+        self._open.pop(stream, None)
 
     async def close_all(self, code: int, reason: str, timeout: float) -> None:
         if self._open:
@@ -73,12 +82,28 @@ def load_analyzer(settings: Settings) -> EmotionAnalyzer:
     return EmotionAnalyzer.from_settings(settings)
 
 
+def release_free_heap() -> None:
+    """Give the heap that model loading, conversion and warm-up freed back to the OS (glibc only).
+
+    Loading and compiling the models frees hundreds of MiB that glibc's allocator otherwise keeps
+    mapped for the life of the process; ``malloc_trim`` returns it, so idle RSS is what is in use.
+    """
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        pass
+
+
 class Runtime:
     def __init__(self, settings: Settings, analyzer_factory: AnalyzerFactory = load_analyzer) -> None:
         self.settings = settings
         self.device = settings.torch_device()
+        #: Model runtime actually used (``auto`` resolved): torch or openvino.
+        self.backend = resolve_backend(settings.backend, self.device)
         self.metrics = Metrics()
-        self.streams = StreamHub(settings.max_streams)
+        self.streams = StreamHub(settings.max_streams, settings.max_streams_per_client)
         self.meta: CheckpointMeta = read_meta(settings.checkpoint)  # fails fast on a wrong file
         #: The in-process API object the server is built on; set once loaded.
         self.analyzer: EmotionAnalyzer | None = None
@@ -111,6 +136,7 @@ class Runtime:
         start = time.perf_counter()
         try:
             analyzer = await loop.run_in_executor(None, self._factory, self.settings)
+            release_free_heap()
         except Exception as exc:
             log.exception("model loading failed")
             self.load_error = f"{type(exc).__name__}: {exc}"
@@ -130,12 +156,13 @@ class Runtime:
         self.ready = True
         self.metrics.ready.set(1)
         log.info(
-            "ready in %.1fs: model %s %s, detector %s, device %s",
+            "ready in %.1fs: model %s %s, detector %s, device %s, backend %s",
             time.perf_counter() - start,
             self.meta.name,
             self.model_version,
             self.settings.detector,
             self.device,
+            self.backend,
         )
 
     def _run_batch(self, jobs: Sequence[Job]) -> list[JobResult]:
@@ -149,7 +176,13 @@ class Runtime:
 
     async def decode(self, data: bytes, formats: Sequence[str] = SUPPORTED_FORMATS) -> DecodedImage:
         """Decode on the thread pool: Pillow releases the GIL, so decodes overlap each other and the model."""
-        fn = partial(decode_image, data, max_pixels=self.settings.max_pixels, formats=formats)
+        fn = partial(
+            decode_image,
+            data,
+            max_pixels=self.settings.max_pixels,
+            formats=formats,
+            work_size=work_size(self.settings),
+        )
         self._decoding += 1
         try:
             image = await asyncio.get_running_loop().run_in_executor(self._decode_pool, fn)
@@ -191,6 +224,8 @@ class Runtime:
                 "max_faces": s.max_faces,
             },
             "device": self.device,
+            "backend": self.backend,
+            "flip_tta": s.flip_tta,
             "limits": s.limits(),
             "auth": s.auth_enabled,
         }

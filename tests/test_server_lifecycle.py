@@ -66,7 +66,7 @@ def test_load_failure_is_reported_not_hidden(tiny_checkpoint: Path) -> None:
         for path in ("/readyz", "/healthz"):
             resp = httpx.get(srv.url + path)
             assert resp.status_code == 503 and error_code(resp) == "load_failed"
-            assert "detector weights unreadable" in resp.text
+            assert "detector weights unreadable" not in resp.text  # details go to the log only
     finally:
         srv.stop()
 
@@ -122,7 +122,7 @@ def test_streams_over_the_limit_are_refused_with_1013(limited: LiveServer) -> No
 
 def test_frames_over_the_fps_cap_are_dropped_and_counted(limited: LiveServer, astronaut: np.ndarray) -> None:
     frame = jpeg(frame_640x480(astronaut))
-    before = limited.metric("emotion_stream_dropped_frames_total", reason="rate_limit")
+    before = limited.metric("emotion_stream_dropped_frames_total")
 
     async def scenario() -> list[dict[str, Any]]:
         replies: list[dict[str, Any]] = []
@@ -138,7 +138,8 @@ def test_frames_over_the_fps_cap_are_dropped_and_counted(limited: LiveServer, as
     replies = run(scenario())
     assert sum(r["dropped"] for r in replies) + len(replies) == 21
     assert len(replies) <= 6  # the burst allowance (plus refill while sending), not 21 frames
-    assert limited.metric("emotion_stream_dropped_frames_total", reason="rate_limit") - before >= 12
+    # replaced while a frame was answered (superseded) or while the stream waited for its cap (rate_limit)
+    assert limited.metric("emotion_stream_dropped_frames_total") - before == 21 - len(replies)
 
 
 def test_cors(limited: LiveServer) -> None:

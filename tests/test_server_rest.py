@@ -54,6 +54,7 @@ def test_health_ready_info(srv: LiveServer) -> None:
     assert info["classes"] == list(EMOTIONS)
     assert info["model"]["version"].startswith("test-") and info["model"]["input_size"] == 48
     assert info["detector"]["kind"] == "ssd" and info["device"] == "cpu"
+    assert info["backend"] in ("torch", "openvino") and info["flip_tta"] is False
     assert info["limits"]["max_body_bytes"] == 10 * MiB and info["limits"]["max_pixels"] == 40_000_000
 
 

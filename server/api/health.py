@@ -27,7 +27,13 @@ METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 class LoadFailed(ApiError):
+    """The probes are open, so they say only that loading failed; the path and the exception
+    are in the server log (``model loading failed``), where an operator looks."""
+
     status, code = 503, "load_failed"
+
+    def __init__(self) -> None:
+        super().__init__("model failed to load; see the server log")
 
 
 @router.get(
@@ -35,14 +41,14 @@ class LoadFailed(ApiError):
 )
 async def healthz(runtime: RuntimeDep) -> dict[str, str]:
     if runtime.load_error:
-        raise LoadFailed(f"model failed to load: {runtime.load_error}")
+        raise LoadFailed()
     return {"status": "ok"}
 
 
 @router.get("/readyz", responses=UNAVAILABLE, summary="The model is loaded and warmed up; 503 until then")
 async def readyz(runtime: RuntimeDep) -> dict[str, str]:
     if runtime.load_error:
-        raise LoadFailed(f"model failed to load: {runtime.load_error}")
+        raise LoadFailed()
     if not runtime.ready:
         raise NotReady()
     return {"status": "ready"}

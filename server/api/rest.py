@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator
-from typing import Annotated, Any
+from collections.abc import AsyncGenerator, Awaitable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from server.deps import ApiKey, ReadyRuntimeDep, RuntimeDep
 from server.errors import (
@@ -30,6 +31,7 @@ from server.pipeline.runner import Job
 from shared.protocol import ErrorBody, PredictResponse
 
 router = APIRouter(prefix="/v1", tags=["predict"], dependencies=[ApiKey])
+T = TypeVar("T")
 
 RAW_TYPES = frozenset({"", "image/jpeg", "image/jpg", "image/png", "image/webp", "application/octet-stream"})
 #: Multipart framing (boundaries, part headers) may add this much on top of the image limit.
@@ -42,9 +44,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         400: "corrupt image, empty body or malformed multipart",
         401: "missing or invalid API key",
         408: "the body did not arrive within the body timeout",
-        413: "body or pixel count over the limit",
+        413: "body or pixel count over the limit, or a JPEG with too many scans",
         415: "not a JPEG, PNG or WebP image",
-        422: "bad query parameters",
+        422: "bad query parameters, or an image with an extreme aspect ratio",
         503: "model not loaded yet, or overloaded",
     }.items()
 }
@@ -104,6 +106,8 @@ class InfoResponse(BaseModel):
     model: ModelInfo
     detector: DetectorInfo
     device: str
+    backend: str = Field(description="Model runtime: torch or openvino (CPU).")
+    flip_tta: bool = Field(description="Whether each face is also classified mirrored and averaged.")
     limits: dict[str, float | int]
     auth: bool
 
@@ -166,6 +170,28 @@ async def read_image_bytes(request: Request, limit: int, timeout: float) -> byte
     return data
 
 
+async def _disconnected(request: Request) -> None:
+    """Returns when the client hangs up (the body has been read: nothing else can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """``work``, cancelled if the client hangs up first: a decode still queued for the thread
+    pool is never started and an image still waiting for a batch leaves it (one already being
+    decoded or inferred finishes; neither can be interrupted)."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not task.done():
+        task.cancel()
+        raise ClientDisconnect()
+    return task.result()
+
+
 @router.post(
     "/predict",
     response_model=PredictResponse,
@@ -179,11 +205,11 @@ async def predict(
     start = time.perf_counter()
     settings = runtime.settings
     data = await read_image_bytes(request, settings.max_body_bytes, settings.body_timeout_s)
-    image = await runtime.decode(data)
     analyzer = runtime.analyzer
     assert analyzer is not None  # ReadyRuntimeDep
     options = analyzer.options(query.max_faces, query.min_confidence, query.detect)
-    result = await runtime.infer(Job(image, options))
+    image = await unless_client_leaves(request, runtime.decode(data))
+    result = await unless_client_leaves(request, runtime.infer(Job(image, options)))
     return analyzer.response(image, result, start)
 
 

@@ -4,16 +4,28 @@ Each connection has a reader task and a processing task joined by a one-slot
 mailbox. The reader never waits for the model: a frame that arrives while another
 is still pending replaces it (newest wins) and the replaced one is counted as
 dropped, so a fast client gets fresh results instead of a growing backlog, and a
-connection holds at most one pending frame in memory. Protocol: docs/protocol.md.
+connection holds at most one pending frame in memory. The per-stream frame cap
+(``EMOTION_STREAM_MAX_FPS``) bounds how often the processor takes a frame, not which
+frames arrive: while it waits for the cap, newer frames still replace the pending one,
+so the newest frame received is always the one answered next.
+
+Limits on what one connection may hold: a text (control) message over
+``MAX_CONTROL_BYTES`` is refused unparsed, error replies are at most
+``MAX_ERROR_CHARS`` long, a stream that sends no frame for
+``EMOTION_STREAM_IDLE_TIMEOUT_S`` is closed with ``WS_IDLE_TIMEOUT`` (4408), a page
+from another origin is refused (1008), and ``EMOTION_MAX_STREAMS_PER_CLIENT`` caps the
+slots one client (API key, else address) may hold. Protocol: docs/protocol.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, replace
+from urllib.parse import urlsplit
 
 import numpy as np
 from fastapi import APIRouter, WebSocket
@@ -21,6 +33,7 @@ from pydantic import ValidationError
 from starlette import status
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from server.config import Settings
 from server.deps import RuntimeDep, key_is_valid, presented_key
 from server.errors import error_body
 from server.pipeline.batcher import BatcherClosed, BatcherFull
@@ -35,6 +48,12 @@ router = APIRouter(tags=["stream"])
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 MAX_REASON_BYTES = 123  # RFC 6455: a close reason fits in a 125-byte control frame
+#: A StreamControl is under 200 bytes; anything far larger is refused without parsing it.
+MAX_CONTROL_BYTES = 4096
+#: Error replies name the first few problems, not all of them (a reply must not outgrow its cause).
+MAX_ERROR_CHARS = 300
+#: Private-use close code (4000-4999) for "no frame within EMOTION_STREAM_IDLE_TIMEOUT_S", after HTTP 408.
+WS_IDLE_TIMEOUT = 4408
 
 
 class StreamClosed(Exception):
@@ -60,13 +79,37 @@ class TokenBucket:
         self.tokens = self.burst
         self.last = time.perf_counter()
 
-    def take(self, now: float) -> bool:
+    def take(self, now: float) -> float:
+        """0 and one token used if one is there, else the seconds until there will be one."""
         self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
         self.last = now
         if self.tokens >= 1.0:
             self.tokens -= 1.0
-            return True
-        return False
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+def origin_allowed(ws: WebSocket, settings: Settings) -> bool:
+    """Browsers always send ``Origin`` on a WebSocket and let any page open one to any server:
+    only the server's own page (same host) and ``EMOTION_CORS_ORIGINS`` are let in. Clients that
+    are not browsers send no Origin and are not affected."""
+    origin = ws.headers.get("origin")
+    if origin is None or "*" in settings.cors_origins or origin in settings.cors_origins:
+        return True
+    return urlsplit(origin).netloc.lower() == ws.headers.get("host", "").lower()
+
+
+def client_key(ws: WebSocket, settings: Settings) -> str:
+    """Who holds a stream slot: the API key (hashed, never kept) when keys are on, else the address."""
+    key = presented_key(ws, allow_query=True)
+    if settings.auth_enabled and key:
+        return "key:" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    return "addr:" + (ws.client.host if ws.client else "?")
+
+
+def _short_error(parts: list[str]) -> str:
+    text = "; ".join(parts[:3]) + (f"; and {len(parts) - 3} more" if len(parts) > 3 else "")
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 
 def _short(reason: str) -> str:
@@ -97,6 +140,9 @@ class StreamSession:
         self.received = 0
         self.dropped = 0
         self.pending: Frame | None = None
+        self.throttled = False  # the processor is waiting for the frame cap
+        self.busy = False  # a frame is being answered
+        self.last_activity = time.monotonic()  # a frame received or a reply sent
         self.wake = asyncio.Event()
         self.closing: tuple[int, str] | None = None
         self.done = asyncio.Event()
@@ -153,8 +199,23 @@ class StreamSession:
     # ------------------------------------------------------------------ reading
 
     async def _read(self) -> None:
+        idle = self.runtime.settings.stream_idle_timeout_s
         while True:
-            message = await self.ws.receive()
+            if idle:
+                try:
+                    remaining = self.last_activity + idle - time.monotonic()
+                    # past the deadline only while a frame is answered: look again in ``idle``
+                    message = await asyncio.wait_for(self.ws.receive(), remaining if remaining > 0 else idle)
+                except TimeoutError:
+                    if (
+                        self.pending is None
+                        and not self.busy
+                        and time.monotonic() - self.last_activity >= idle
+                    ):
+                        raise StreamClosed(WS_IDLE_TIMEOUT, f"no frame for {idle:g} s") from None
+                    continue  # a frame is still being answered: the client is waiting, not idle
+            else:
+                message = await self.ws.receive()
             if message["type"] == "websocket.disconnect":
                 return
             if (data := message.get("bytes")) is not None:
@@ -172,13 +233,10 @@ class StreamSession:
             )
         if not data.startswith(JPEG_MAGIC):
             raise StreamClosed(status.WS_1003_UNSUPPORTED_DATA, f"frame {index} is not a JPEG")
-        now = time.perf_counter()
-        if not self.bucket.take(now):
-            self._drop("rate_limit")
-            return
+        self.last_activity = time.monotonic()
         if self.pending is not None:
-            self._drop("superseded")
-        self.pending = Frame(index, data, now)
+            self._drop("rate_limit" if self.throttled else "superseded")
+        self.pending = Frame(index, data, time.perf_counter())
         self.wake.set()
 
     def _drop(self, reason: str) -> None:
@@ -186,12 +244,24 @@ class StreamSession:
         self.runtime.metrics.dropped_frames.labels(reason=reason).inc()
 
     async def _on_control(self, text: str) -> None:
+        if len(text) > MAX_CONTROL_BYTES:  # characters >= bytes / 4: refuse before encoding or parsing
+            self.runtime.metrics.errors.labels(code="invalid_control").inc()
+            await self._send(
+                error_body(
+                    "invalid_control",
+                    f"control message of {len(text)} characters; the limit is {MAX_CONTROL_BYTES} bytes",
+                )
+            )
+            return
         try:
             control = StreamControl.model_validate_json(text)
         except ValidationError as exc:
-            msg = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'message'}: {e['msg']}" for e in exc.errors())
+            parts = [
+                f"{'.'.join(map(str, e['loc']))[:40] or 'message'}: {e['msg']}"
+                for e in exc.errors(include_url=False, include_input=False)
+            ]
             self.runtime.metrics.errors.labels(code="invalid_control").inc()
-            await self._send(error_body("invalid_control", f"bad control message: {msg}"))
+            await self._send(error_body("invalid_control", f"bad control message: {_short_error(parts)}"))
             return
         if control.smoothing is not None:
             self.smoothing = control.smoothing
@@ -214,9 +284,22 @@ class StreamSession:
             self.wake.clear()
             if self.closing is not None:
                 return
+            if self.pending is None:
+                continue
+            while (delay := self.bucket.take(time.perf_counter())) > 0:
+                self.throttled = True  # frames arriving meanwhile replace the pending one
+                await asyncio.sleep(delay)
+                if self.closing is not None:
+                    return
+            self.throttled = False
             frame, self.pending = self.pending, None
             if frame is not None:
-                await self._answer(frame)
+                self.busy = True
+                try:
+                    await self._answer(frame)
+                finally:
+                    self.busy = False
+                    self.last_activity = time.monotonic()
 
     async def _answer(self, frame: Frame) -> None:
         runtime = self.runtime
@@ -268,7 +351,13 @@ async def stream(websocket: WebSocket, runtime: RuntimeDep) -> None:
     """Refusals (bad key, not ready, too many streams) accept first, so the close code and reason
     reach the client (a refused handshake would only show an HTTP status)."""
     metrics = runtime.metrics
-    if not key_is_valid(runtime.settings, presented_key(websocket, allow_query=True)):
+    settings = runtime.settings
+    if not origin_allowed(websocket, settings):
+        metrics.errors.labels(code="ws_1008").inc()
+        await websocket.accept()
+        await close_ws(websocket, status.WS_1008_POLICY_VIOLATION, "origin not allowed")
+        return
+    if not key_is_valid(settings, presented_key(websocket, allow_query=True)):
         metrics.errors.labels(code="ws_1008").inc()
         await websocket.accept()
         await close_ws(websocket, status.WS_1008_POLICY_VIOLATION, "missing or invalid API key")
@@ -279,15 +368,11 @@ async def stream(websocket: WebSocket, runtime: RuntimeDep) -> None:
         await close_ws(websocket, status.WS_1013_TRY_AGAIN_LATER, "model is loading; try again later")
         return
     session = StreamSession(websocket, runtime)
-    if not runtime.streams.try_add(session):
+    refusal = runtime.streams.try_add(session, client_key(websocket, settings))
+    if refusal is not None:
         metrics.errors.labels(code="ws_1013").inc()
         await websocket.accept()
-        limit = runtime.settings.max_streams
-        await close_ws(
-            websocket,
-            status.WS_1013_TRY_AGAIN_LATER,
-            f"server at its limit of {limit} streams; try again later",
-        )
+        await close_ws(websocket, status.WS_1013_TRY_AGAIN_LATER, f"{refusal}; try again later")
         return
     metrics.active_streams.inc()
     try:

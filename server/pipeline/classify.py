@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from server.model.checkpoint import DEFAULT_CHECKPOINT, CheckpointMeta, file_digest, load_checkpoint
+from server.pipeline.backend import Precision, compile_module
 from server.pipeline.preprocess import normalize
 
 
@@ -14,19 +15,32 @@ class EmotionClassifier:
     """Wraps the model with the normalisation its checkpoint prescribes.
 
     Input crops are (N, 1, S, S) grayscale in [0, 255] at ``meta.input_size``; output
-    probabilities are (N, C) in ``meta.classes`` order.
+    probabilities are (N, C) in ``meta.classes`` order. With ``flip_tta`` each crop's
+    probabilities are averaged with its mirror image's (one batch of 2N), as
+    ``emotion-eval --tta flip`` does.
     """
 
     def __init__(
-        self, checkpoint: str | Path = DEFAULT_CHECKPOINT, device: str | torch.device = "cpu"
+        self,
+        checkpoint: str | Path = DEFAULT_CHECKPOINT,
+        device: str | torch.device = "cpu",
+        backend: str = "torch",
+        threads: int | None = None,
+        precision: Precision = "auto",
+        flip_tta: bool = False,
     ) -> None:
         self.device = torch.device(device)
         self.model, self.meta = load_checkpoint(checkpoint, self.device)
         self.model = self.model.to(memory_format=torch.channels_last)
         self.version = f"{self.meta.version}-{file_digest(checkpoint)}"
+        self.flip_tta = flip_tta
         self.half = self.device.type == "cuda"
         if self.half:
             self.model = self.model.half()
+        self.backend = backend
+        size = self.meta.input_size
+        example = torch.zeros((1, self.meta.in_channels, size, size), device=self.device)
+        self.model = compile_module(self.model, example, backend, threads, precision)
 
     @property
     def classes(self) -> list[str]:
@@ -38,14 +52,19 @@ class EmotionClassifier:
 
     @torch.inference_mode()
     def predict(self, crops: torch.Tensor) -> torch.Tensor:
-        if crops.shape[0] == 0:
+        n = crops.shape[0]
+        if n == 0:
             return torch.zeros((0, len(self.classes)))
-        x = normalize(crops.to(self.device), self.meta.mean, self.meta.std).contiguous(
-            memory_format=torch.channels_last
-        )
+        x = normalize(crops.to(self.device), self.meta.mean, self.meta.std)
+        if self.flip_tta:
+            x = torch.cat([x, x.flip(3)])
+        x = x.contiguous(memory_format=torch.channels_last)
         if self.half:
             x = x.half()
-        return self.model(x).float().softmax(1).cpu()
+        p = self.model(x).float().softmax(1)
+        if self.flip_tta:
+            p = (p[:n] + p[n:]) / 2
+        return p.cpu()
 
 
 __all__ = ["CheckpointMeta", "EmotionClassifier"]

@@ -1,0 +1,202 @@
+"""CPU inference backend: the torch modules compiled by OpenVINO, behind the same call signature.
+
+Why: on the CPU, torch runs these small convnets (the res10 SSD, ResNet18 at 40-48 px) at
+batch 1 far below what the cores can do; OpenVINO fuses conv+BN+ReLU, picks the CPU's
+native instructions and, on CPUs with native bf16 (AVX512-BF16, AMX), runs convolutions in
+bf16 by default. Measured numbers and the accuracy parity against the torch path are in
+docs/benchmarks.md; ``tests/test_backend.py`` checks the parity on every run.
+
+:func:`compile_module` returns a callable that replaces ``module`` where it is called
+(``detector.model``, ``classifier.model``): torch tensors in, torch tensors out, the same
+output structure (non-tensor outputs, like the SSD's feature-map sizes, are taken from one
+torch forward at compile time: they depend only on the input size, which is fixed).
+The torch module stays the reference path (``EMOTION_BACKEND=torch``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from server.pipeline.detect.caffe import default_cache_dir
+
+log = logging.getLogger(__name__)
+#: Bump when what is cached changes meaning (the wrapper, the conversion options).
+IR_VERSION = 1
+
+Backend = Literal["auto", "torch", "openvino"]
+Precision = Literal["auto", "f32"]
+BACKENDS: tuple[str, ...] = ("auto", "torch", "openvino")
+
+
+def openvino_available() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def resolve_backend(backend: str, device: str | torch.device) -> str:
+    """``auto``: OpenVINO on the CPU when it is installed, torch otherwise (and on every GPU)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    on_cpu = torch.device(device).type == "cpu"
+    if backend == "openvino":
+        if not on_cpu:
+            raise ValueError("the openvino backend runs on the CPU only (device must be cpu)")
+        if not openvino_available():
+            raise ValueError("backend 'openvino' requested but the openvino package is not installed")
+        return "openvino"
+    if backend == "auto" and on_cpu and openvino_available():
+        return "openvino"
+    return "torch"
+
+
+class OpenVINOModule:
+    """A torch module compiled by OpenVINO for the CPU, with a dynamic batch dimension.
+
+    Not an ``nn.Module``: it has no parameters to train or move; ``eval()``/``to()`` calls are
+    not expected. One infer request per calling thread (OpenVINO requests are not reentrant).
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        example: torch.Tensor,
+        threads: int | None = None,
+        precision: Precision = "auto",
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        import openvino as ov
+
+        module = module.eval()
+        with torch.inference_mode():
+            reference = module(example)
+        self._structure, self._constants = _flatten(reference)
+        converted = self._converted(module, example, cache_dir)
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        if precision == "f32":
+            config["INFERENCE_PRECISION_HINT"] = "f32"
+        self.compiled = ov.Core().compile_model(converted, "CPU", config)
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.precision = str(getattr(hint, "get_type_name", lambda: hint)())
+        self._local = threading.local()
+
+    def _converted(self, module: nn.Module, example: torch.Tensor, cache_dir: str | Path | None) -> Any:
+        """The OpenVINO model of ``module``: converting traces it (~10 s on 2 cores), so the result is
+        cached in ``cache_dir`` under a key of the weights, the input shape and the OpenVINO version.
+        The cache is an optimisation only: an unreadable or unwritable one costs a conversion."""
+        import openvino as ov
+
+        key = hashlib.sha256()
+        for name, value in module.state_dict().items():
+            key.update(name.encode())
+            key.update(value.detach().cpu().contiguous().numpy().tobytes())
+        key.update(
+            f"{type(module).__qualname__} {tuple(example.shape[1:])} {ov.__version__} v{IR_VERSION}".encode()
+        )
+        cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        xml = cache / f"openvino-{type(module).__name__.lower()}-{key.hexdigest()[:16]}.xml"
+        core = ov.Core()
+        if xml.is_file():
+            try:
+                return core.read_model(str(xml))
+            except RuntimeError as exc:
+                log.warning("ignoring unreadable OpenVINO cache %s: %s", xml, exc)
+        shape = ov.PartialShape([-1, *example.shape[1:]])
+        with warnings.catch_warnings():  # the converter traces: tracer and deprecation warnings only
+            warnings.simplefilter("ignore")
+            converted = ov.convert_model(
+                _TensorOutputs(module, self._structure),
+                example_input=example.contiguous(),
+                input=[(shape, ov.Type.f32)],
+            )
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=cache, suffix=".tmp"))
+            try:
+                ov.save_model(converted, str(tmp / "model.xml"), compress_to_fp16=False)
+                os.replace(tmp / "model.bin", xml.with_suffix(".bin"))  # .bin first: .xml marks it complete
+                os.replace(tmp / "model.xml", xml)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except (OSError, RuntimeError) as exc:
+            log.warning("could not cache the OpenVINO model in %s: %s", cache, exc)
+        return converted
+
+    def _request(self) -> Any:
+        req = getattr(self._local, "request", None)
+        if req is None:
+            req = self._local.request = self.compiled.create_infer_request()
+        return req
+
+    def __call__(self, x: torch.Tensor) -> Any:
+        arr = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        outputs = self._request().infer({0: arr}, share_inputs=True)
+        tensors = [torch.from_numpy(np.array(outputs[i])) for i in range(len(outputs))]
+        return _unflatten(self._structure, tensors, self._constants)
+
+
+class _TensorOutputs(nn.Module):
+    """The module with only its tensor outputs, flat (what the converter can trace)."""
+
+    def __init__(self, module: nn.Module, structure: Any) -> None:
+        super().__init__()
+        self.module = module
+        self.structure = structure
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.module(x)
+        items = out if isinstance(out, (tuple, list)) else (out,)
+        return tuple(o for o in items if isinstance(o, torch.Tensor))
+
+
+def _flatten(out: Any) -> tuple[Any, list[Any]]:
+    """Top-level structure of a module's output: which positions are tensors, and the constants."""
+    if isinstance(out, torch.Tensor):
+        return "tensor", []
+    if isinstance(out, (tuple, list)):
+        kinds = ["tensor" if isinstance(o, torch.Tensor) else "const" for o in out]
+        return (type(out), kinds), [o for o in out if not isinstance(o, torch.Tensor)]
+    raise TypeError(f"unsupported module output type {type(out).__name__}")
+
+
+def _unflatten(structure: Any, tensors: Sequence[torch.Tensor], constants: Sequence[Any]) -> Any:
+    if structure == "tensor":
+        return tensors[0]
+    kind, kinds = structure
+    t, c = iter(tensors), iter(constants)
+    return kind(next(t) if k == "tensor" else next(c) for k in kinds)
+
+
+def compile_module(
+    module: nn.Module,
+    example: torch.Tensor,
+    backend: str,
+    threads: int | None = None,
+    precision: Precision = "auto",
+    cache_dir: str | Path | None = None,
+) -> Any:
+    """``module`` itself for the torch backend, else its OpenVINO build (same call, same outputs).
+
+    ``cache_dir``: where converted models are kept (default ``$EMOTION_CACHE_DIR`` or
+    ``~/.cache/emotion-service``, shared with the detector's converted weights)."""
+    if backend == "torch":
+        return module
+    if backend != "openvino":
+        raise ValueError(f"backend must be torch or openvino after resolution, not {backend!r}")
+    compiled = OpenVINOModule(module, example, threads, precision, cache_dir)
+    log.info("%s compiled by OpenVINO (%s)", type(module).__name__, compiled.precision)
+    return compiled

@@ -1,0 +1,117 @@
+"""The OpenVINO CPU path against the torch reference path: same faces, same answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torchvision.ops import box_iou
+
+from server.pipeline.backend import compile_module, openvino_available, resolve_backend
+from server.pipeline.classify import EmotionClassifier
+from server.pipeline.crop import crop_faces
+from server.pipeline.detect import SSDFaceDetector, build_detector
+
+needs_openvino = pytest.mark.skipif(not openvino_available(), reason="openvino not installed")
+
+
+def chw(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).contiguous()
+
+
+@pytest.fixture(scope="module")
+def frames(astronaut: np.ndarray) -> list[torch.Tensor]:
+    """Real photos at several sizes and framings, with 1-3 faces and none."""
+    canvas = np.full((480, 640, 3), 90, np.uint8)
+    for x, y, s in ((20, 40, 1.0), (250, 150, 0.7), (450, 60, 0.9)):
+        f = cv2.resize(astronaut[20:220, 140:320], None, fx=s, fy=s)
+        canvas[y : y + f.shape[0], x : x + f.shape[1]] = f
+    small = cv2.resize(astronaut, (160, 160))
+    empty = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 255, (480, 640, 3), np.uint8), (0, 0), 3)
+    return [chw(astronaut), chw(canvas), chw(cv2.resize(astronaut, (640, 480))), chw(small), chw(empty)]
+
+
+def test_resolve_backend() -> None:
+    assert resolve_backend("torch", "cpu") == "torch"
+    assert resolve_backend("auto", "cpu") == ("openvino" if openvino_available() else "torch")
+    with pytest.raises(ValueError, match="unknown backend"):
+        resolve_backend("tensorrt", "cpu")
+    if openvino_available():
+        with pytest.raises(ValueError, match="CPU only"):
+            resolve_backend("openvino", "cuda")
+
+
+@needs_openvino
+@pytest.mark.parametrize("precision", ["auto", "f32"])
+def test_ssd_parity(frames: list[torch.Tensor], precision: str) -> None:
+    """Same faces (IoU >= 0.9, score within 0.02) as torch, one frame at a time and as a batch."""
+    ref = build_detector("ssd")
+    fast = build_detector("ssd")
+    assert isinstance(fast, SSDFaceDetector)
+    example = fast.preprocess([torch.zeros((3, 300, 300), dtype=torch.uint8)])
+    fast.model = compile_module(fast.model, example, "openvino", precision=precision)  # type: ignore[arg-type]
+    expected = ref.detect(frames)
+    assert [len(d) for d in expected] == [1, 3, 1, 1, 0]
+    for got in (fast.detect(frames), [fast.detect([f])[0] for f in frames]):
+        for e, g in zip(expected, got, strict=True):
+            assert len(g) == len(e)
+            if len(e):
+                iou = box_iou(e.boxes, g.boxes)
+                assert float(iou.max(1).values.min()) >= 0.9
+                assert torch.allclose(g.scores, e.scores, atol=0.02)
+
+
+@needs_openvino
+@pytest.mark.parametrize("precision", ["auto", "f32"])
+def test_classifier_parity(frames: list[torch.Tensor], precision: str) -> None:
+    """The bundled model's probabilities on real face crops: within 0.03 (bf16) / 1e-4 (f32) of torch."""
+    ref = EmotionClassifier()
+    fast = EmotionClassifier(backend="openvino", precision=precision)  # type: ignore[arg-type]
+    dets = build_detector("ssd").detect(frames[:4])
+    rng = np.random.default_rng(0)
+    crops = []
+    for img, det in zip(frames[:4], dets, strict=True):
+        for box in det.boxes:  # the detector box, and jittered ones: a spread of real crops
+            jitter = torch.from_numpy(rng.normal(0, 6, (8, 4))).float()
+            crops.append(
+                crop_faces([img], [torch.cat([box[None], box + jitter])], ref.meta.crop, ref.input_size)
+            )
+    x = torch.cat(crops)
+    assert x.shape[0] == 6 * 9
+    p_ref, p_fast = ref.predict(x), fast.predict(x)
+    tol = 1e-4 if precision == "f32" else 0.03
+    assert float((p_fast - p_ref).abs().max()) <= tol
+    assert float((p_fast.argmax(1) == p_ref.argmax(1)).float().mean()) >= 0.95
+    one_by_one = torch.cat([fast.predict(x[i : i + 1]) for i in range(5)])
+    assert torch.allclose(one_by_one, p_fast[:5], atol=1e-5)  # dynamic batch: same answer alone
+
+
+def test_flip_tta_averages_the_mirror_image(astronaut: np.ndarray) -> None:
+    plain = EmotionClassifier()
+    tta = EmotionClassifier(flip_tta=True)
+    img = chw(astronaut)
+    box = torch.tensor([[170.0, 20.0, 290.0, 200.0], [150.0, 30.0, 300.0, 210.0]])
+    x = crop_faces([img], [box], plain.meta.crop, plain.input_size)
+    expected = (plain.predict(x) + plain.predict(x.flip(3))) / 2
+    assert torch.allclose(tta.predict(x), expected, atol=1e-5)
+    assert not torch.allclose(plain.predict(x), expected, atol=1e-4)  # the flip does change the answer
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_pipeline_with_flip_tta(backend: str, astronaut: np.ndarray, tiny_checkpoint: Path) -> None:
+    """The server's pipeline builder honours the backend and flip TTA settings end to end."""
+    from server.config import Settings
+    from server.pipeline.decode import DecodedImage
+    from server.pipeline.runner import Job, build_pipeline
+
+    settings = Settings(checkpoint=tiny_checkpoint, backend=backend, flip_tta=True)
+    pipe = build_pipeline(settings, "cpu")
+    assert pipe.classifier.flip_tta
+    assert isinstance(pipe.detector, SSDFaceDetector)
+    expect_ov = resolve_backend(backend, "cpu") == "openvino"
+    assert isinstance(pipe.detector.model, torch.nn.Module) is not expect_ov
+    result = pipe.run([Job(DecodedImage(chw(astronaut), 0.0))])[0]
+    assert len(result.faces) == 1 and abs(float(result.faces[0].probs.sum()) - 1.0) < 1e-4
