@@ -1,6 +1,6 @@
 """Where a frame's milliseconds go on the CPU, stage by stage, for each model backend.
 
-In process, on the server's own pipeline objects (``server.runtime.build_pipeline``): JPEG
+In process, on the server's own pipeline objects (``server.pipeline.runner.build_pipeline``): JPEG
 decode, detector preprocessing (resize to the SSD input), the SSD network, the whole detect
 step (network + box decoding + NMS), the face crop, the classifier, and the whole batch
 (``Pipeline.run``: detect -> crop -> classify). Backends alternate call by call. HTTP and
@@ -34,8 +34,7 @@ sys.path.insert(0, str(REPO))
 from server.config import Settings  # noqa: E402
 from server.pipeline.crop import crop_faces  # noqa: E402
 from server.pipeline.decode import decode_image  # noqa: E402
-from server.pipeline.runner import Job  # noqa: E402
-from server.runtime import build_pipeline  # noqa: E402
+from server.pipeline.runner import Job, build_pipeline  # noqa: E402
 
 SECTION = "## Where the time goes (CPU)"
 STAGES = ("decode", "detect: resize", "detect: network", "detect: whole step", "crop", "classify", "batch")

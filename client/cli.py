@@ -1,4 +1,4 @@
-"""`emotion-client` command line: stream, predict, plot.
+"""`emotion-client` command line: stream, analyze / predict (batch and video jobs), plot.
 
 Exit codes: 0 done (or quit by the user), 1 runtime failure (server never answered, or
 unreachable for --retry-for, capture broke), 2 usage/config errors (bad arguments, camera will
@@ -11,10 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -52,6 +51,75 @@ def _smoothing(text: str) -> float:
     return v
 
 
+def _positive(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return v
+
+
+def _probability(text: str) -> float:
+    v = float(text)
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError("must be within [0, 1]")
+    return v
+
+
+def job_args(sp: argparse.ArgumentParser, server_default: str | None) -> None:
+    """The batch/video job's options, the same for `analyze` and `predict` (one implementation)."""
+    where = (
+        f"server base URL (env EMOTION_SERVER; default: {server_default})"
+        if server_default
+        else "analyze on this server instead of in-process (needs only the client extra)"
+    )
+    sp.add_argument("--server", default=server_default, help=where)
+    # The env default is applied in main() (resolve_env), so --help never prints a key.
+    sp.add_argument("--api-key", help="API key (env EMOTION_API_KEY)")
+    sp.add_argument(
+        "paths", nargs="+", type=Path, metavar="PATH", help="image or video files, or folders of them"
+    )
+    sp.add_argument(
+        "-o", "--output", type=Path, help="write results here (.csv or .jsonl; default: JSON lines on stdout)"
+    )
+    sp.add_argument("--format", choices=("jsonl", "csv"), help="output format (default: from -o's suffix)")
+    sp.add_argument("--max-faces", type=_positive, help="at most this many faces per image (server caps it)")
+    sp.add_argument("--min-confidence", type=_probability, help="minimum detector score (default: server's)")
+    sp.add_argument(
+        "--no-detect",
+        dest="detect",
+        action="store_false",
+        help="each image is one already-cropped face (API detect=false)",
+    )
+    sp.add_argument("--every", type=_positive, default=1, help="videos: process every Nth frame (default 1)")
+    sp.add_argument(
+        "--annotate",
+        type=Path,
+        metavar="OUT",
+        help="write annotated images here (a folder when several images are given; needs [camera])",
+    )
+    sp.add_argument(
+        "--plot",
+        type=Path,
+        metavar="PNG",
+        help="videos: timeline plot here (default: beside -o as <name>.timeline.png; needs [plot])",
+    )
+    sp.add_argument("--no-plot", action="store_true", help="videos: no timeline plot")
+    sp.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar with rate and ETA on stderr (default: when stderr is a terminal)",
+    )
+    sp.add_argument("--concurrency", type=_positive, default=4, help="server: requests in flight (default 4)")
+    sp.add_argument(
+        "--batch-size", type=_positive, default=8, help="in-process: images per batch (default 8)"
+    )
+    sp.add_argument(
+        "--device", default="auto", help="in-process: auto, cpu, cuda, cuda:N, mps (default auto)"
+    )
+    sp.add_argument("--checkpoint", type=Path, help="in-process: emotion model (default: the bundled one)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="emotion-client", description="Client for the emotion-detection server.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -72,7 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--video", type=Path, help="video file instead of a camera")
     src.add_argument("--images", type=Path, metavar="DIR", help="folder of images, sent in name order")
     s.add_argument(
-        "--fps", type=float, help="max frames per second to send (default: camera rate / file rate)"
+        "--fps", type=float, help="max frames per second to send (default: camera rate; not for --video)"
+    )
+    s.add_argument(
+        "--every",
+        type=_positive,
+        default=1,
+        help="--video: process every Nth frame of the file (default 1: every frame, none skipped)",
+    )
+    s.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="--video: progress bar on stderr (default: when stderr is a terminal)",
     )
     s.add_argument("--width", type=int, default=640, help="downscale frames to this width before sending")
     s.add_argument(
@@ -102,19 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: fail at once if it never answered, retry forever once it has)",
     )
 
+    an = sub.add_parser(
+        "analyze",
+        formatter_class=_HelpFormatter,
+        help="images, folders and videos -> one JSON line per image/frame or one CSV row per face "
+        "(in-process; --server URL to use a server)",
+    )
+    job_args(an, server_default=None)
     pr = sub.add_parser(
         "predict",
         formatter_class=_HelpFormatter,
-        help="classify still images via POST /v1/predict and print the JSON",
+        help="the same job as analyze, against a server (POST /v1/predict; WebSocket for videos)",
     )
-    server_args(pr)
-    pr.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
-    pr.add_argument(
-        "--annotate",
-        type=Path,
-        metavar="OUT",
-        help="write the annotated image here (a folder when several images are given)",
-    )
+    job_args(pr, server_default=DEFAULT_SERVER)
 
     pl = sub.add_parser(
         "plot",
@@ -150,7 +230,67 @@ def _jsonl_out(path: Path | None, headless: bool) -> Iterator[IO[str] | None]:
             yield fh
 
 
+def cmd_stream_video(args: argparse.Namespace) -> int:
+    """`stream --video FILE`: a file is not a webcam, so it is the video job: every frame (or every
+    Nth), each answered in order with its source frame index and the video's own timestamp."""
+    from client.batch import JobOptions, RemoteBackend, run_job
+    from client.overlay import draw_result
+
+    options = JobOptions(every=args.every, smoothing=args.smoothing)
+    from client.display import open_viewer
+
+    viewer = None if args.no_display else open_viewer()
+    recorder: dict[str, object] = {}
+
+    def on_frame(image: object, record: object) -> bool:
+        import cv2
+
+        from client.batch import Record
+
+        assert isinstance(record, Record)
+        faces = record.reply.faces if record.reply is not None else []
+        drawn = draw_result(image, faces, emoji=args.emoji)  # type: ignore[arg-type]
+        if args.record is not None:
+            writer = recorder.get("writer")
+            if writer is None:
+                h, w = drawn.shape[:2]
+                fourcc = cv2.VideoWriter.fourcc(*("MJPG" if args.record.suffix.lower() == ".avi" else "mp4v"))
+                args.record.parent.mkdir(parents=True, exist_ok=True)
+                writer = recorder["writer"] = cv2.VideoWriter(str(args.record), fourcc, 25.0, (w, h))
+            writer.write(drawn)  # type: ignore[attr-defined]
+        return viewer.show(drawn) if viewer is not None else True
+
+    backend = RemoteBackend(args.server, args.api_key, options)
+    try:
+        with _jsonl_out(args.jsonl, args.no_display) as out:
+            from client.batch import JsonlWriter
+
+            summary = run_job(
+                [args.video],
+                backend,
+                JsonlWriter(out) if out is not None else _NullWriter(),
+                every=args.every,
+                progress=args.progress,
+                on_frame=on_frame if (viewer is not None or args.record is not None) else None,
+            )
+    finally:
+        backend.close()
+        if (writer := recorder.get("writer")) is not None:
+            writer.release()  # type: ignore[attr-defined]
+        if viewer is not None:
+            viewer.close()
+    print(f"emotion-client: {summary.line()}", file=sys.stderr)
+    return EXIT_FAIL if summary.bad else 0
+
+
+class _NullWriter:
+    def write(self, record: object) -> None:
+        pass
+
+
 def cmd_stream(args: argparse.Namespace) -> int:
+    if args.video is not None and not args.loop:
+        return cmd_stream_video(args)
     from client.capture import CaptureThread, LatestFrame, open_source
     from client.display import Viewer, open_viewer
     from client.stream import StreamOptions, StreamSession, log
@@ -184,39 +324,70 @@ def cmd_stream(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from client.transport import predict
+def _plotter(args: argparse.Namespace, n_videos: int) -> Callable[[Path, Path], Path | None] | None:
+    """Where each video's timeline goes: --plot, else beside -o; none without a place or matplotlib."""
+    if args.no_plot or (args.plot is None and (args.output is None or str(args.output) == "-")):
+        return None
+    try:
+        from client.plot import plot_session
+    except ImportError:
+        if args.plot is not None:
+            raise UsageError("--plot needs matplotlib: pip install 'emotion-service[plot]'") from None
+        return None
 
-    results = []
-    for image in args.images:
-        if not image.is_file():
-            raise ClientError(f"image not found: {image}")
-        res = predict(args.server, image, args.api_key)
-        results.append(res)
-        if args.annotate is not None:
-            out = args.annotate / f"{image.stem}.annotated.png" if len(args.images) > 1 else args.annotate
-            _annotate(image, res.faces, out)
-    docs = [r.model_dump(mode="json") for r in results]
-    print(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))
-    return 0
+    def plot(video: Path, session: Path) -> Path:
+        if args.plot is not None:
+            out = args.plot if n_videos == 1 else args.plot.with_name(f"{args.plot.stem}.{video.stem}.png")
+        else:
+            stem = args.output.with_suffix("").name
+            name = f"{stem}.timeline.png" if n_videos == 1 else f"{stem}.{video.stem}.timeline.png"
+            out = args.output.with_name(name)
+        plot_session(session, out)
+        return out
+
+    return plot
 
 
-def _annotate(image: Path, faces: Sequence[object], out: Path) -> None:
-    import cv2
-    import numpy as np
+def cmd_job(args: argparse.Namespace) -> int:
+    """`analyze` and `predict`: exit 0 when every file was processed, 1 when some were skipped."""
+    from client.batch import (
+        JobOptions,
+        LocalBackend,
+        RemoteBackend,
+        expand,
+        is_video,
+        open_writer,
+        output_format,
+        require_cv2,
+        run_job,
+    )
 
-    from client.overlay import draw_result
-    from shared.protocol import FaceResult
-
-    # IMREAD_COLOR applies EXIF orientation, matching the server's "EXIF-upright" boxes
-    img = cv2.imdecode(np.frombuffer(image.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ClientError(f"cannot decode {image} locally to annotate it")
-    annotated = draw_result(img, [f for f in faces if isinstance(f, FaceResult)])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), annotated):
-        raise ClientError(f"cannot write {out} (unknown image extension?)")
-    print(f"emotion-client: wrote {out}", file=sys.stderr)
+    options = JobOptions(args.max_faces, args.min_confidence, args.detect, args.every)
+    if args.annotate is not None:
+        require_cv2()  # fail before any work when OpenCV (the [camera] extra) is missing
+    files = expand(args.paths)
+    backend = (
+        RemoteBackend(args.server, args.api_key, options, concurrency=args.concurrency)
+        if args.server
+        else LocalBackend(options, batch_size=args.batch_size, device=args.device, checkpoint=args.checkpoint)
+    )
+    try:
+        with open_writer(args.output, output_format(args.output, args.format)) as writer:
+            summary = run_job(
+                files or args.paths,
+                backend,
+                writer,
+                every=args.every,
+                annotate=args.annotate,
+                plot=_plotter(args, sum(map(is_video, files))),
+                progress=args.progress,
+            )
+    finally:
+        backend.close()
+    for png in summary.plots:
+        print(f"emotion-client: wrote {png}", file=sys.stderr)
+    print(f"emotion-client: {summary.line()}", file=sys.stderr)
+    return EXIT_FAIL if summary.bad else 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -237,7 +408,7 @@ def resolve_env(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-COMMANDS = {"stream": cmd_stream, "predict": cmd_predict, "plot": cmd_plot}
+COMMANDS = {"stream": cmd_stream, "predict": cmd_job, "analyze": cmd_job, "plot": cmd_plot}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -81,12 +81,30 @@ def _http_error(resp: httpx.Response) -> ClientError:
     )
 
 
-def predict(server: str, image: Path, api_key: str | None = None, timeout: float = 30.0) -> PredictResponse:
-    """POST one image as multipart `image`; the server sniffs the format, so the bytes go as they are."""
+def predict(
+    server: str,
+    image: Path | bytes,
+    api_key: str | None = None,
+    timeout: float = 30.0,
+    params: dict[str, str] | None = None,
+    client: httpx.Client | None = None,
+    name: str = "image",
+) -> PredictResponse:
+    """POST one image as multipart `image`; the server sniffs the format, so the bytes go as they are.
+
+    `params` are the endpoint's query options (max_faces, min_confidence, detect); `client` reuses
+    one connection pool across many calls.
+    """
     url = http_url(server, PREDICT_PATH)
-    files = {"image": (image.name, image.read_bytes(), "application/octet-stream")}
+    data = image.read_bytes() if isinstance(image, Path) else image
+    files = {"image": (image.name if isinstance(image, Path) else name, data, "application/octet-stream")}
     try:
-        resp = httpx.post(url, files=files, headers=auth_headers(api_key), timeout=timeout)
+        if client is None:
+            resp = httpx.post(url, files=files, params=params, headers=auth_headers(api_key), timeout=timeout)
+        else:
+            resp = client.post(
+                url, files=files, params=params, headers=auth_headers(api_key), timeout=timeout
+            )
     except httpx.TransportError as exc:
         raise ServerUnavailable(f"cannot reach {url}: {exc}") from exc
     if resp.status_code != 200:
@@ -95,6 +113,32 @@ def predict(server: str, image: Path, api_key: str | None = None, timeout: float
         return PredictResponse.model_validate_json(resp.content)
     except ValidationError as exc:
         raise ServerError(f"reply from {url} does not match the protocol: {exc}") from exc
+
+
+def server_info(server: str, api_key: str | None = None, timeout: float = 10.0) -> dict[str, object]:
+    """`GET /v1/info` as a dict (limits, classes, model); raises like `predict`."""
+    url = http_url(server, "/v1/info")
+    try:
+        resp = httpx.get(url, headers=auth_headers(api_key), timeout=timeout)
+    except httpx.TransportError as exc:
+        raise ServerUnavailable(f"cannot reach {url}: {exc}") from exc
+    if resp.status_code != 200:
+        raise _http_error(resp)
+    info: dict[str, object] = resp.json()
+    return info
+
+
+def parse_stream_message(msg: str | bytes) -> StreamResult | ErrorBody:
+    """One server message of `WS /v1/stream`, validated against the protocol."""
+    if isinstance(msg, bytes):
+        raise ServerError("unexpected binary message from server")
+    data = json.loads(msg)
+    if isinstance(data, dict) and "error" in data:
+        return ErrorBody.model_validate(data)
+    try:
+        return StreamResult.model_validate(data)
+    except ValidationError as exc:
+        raise ServerError(f"stream reply does not match the protocol: {exc}") from exc
 
 
 @dataclass
@@ -192,15 +236,7 @@ class StreamConnection:
 
     @staticmethod
     def _parse(msg: str | bytes) -> StreamResult | ErrorBody:
-        if isinstance(msg, bytes):
-            raise ServerError("unexpected binary message from server")
-        data = json.loads(msg)
-        if isinstance(data, dict) and "error" in data:
-            return ErrorBody.model_validate(data)
-        try:
-            return StreamResult.model_validate(data)
-        except ValidationError as exc:
-            raise ServerError(f"stream reply does not match the protocol: {exc}") from exc
+        return parse_stream_message(msg)
 
     async def close(self) -> None:
         await self._ws.close()

@@ -20,8 +20,7 @@ from server.api.guards import AllowedHosts, HeadAsGet
 from server.config import Settings
 from server.errors import install_error_handlers
 from server.metrics import RequestMetricsMiddleware
-from server.pipeline.runner import Pipeline
-from server.runtime import Runtime, build_pipeline
+from server.runtime import AnalyzerFactory, Runtime, load_analyzer
 
 WEB_DIR = Path(__file__).resolve().parent / "api" / "web"
 ROUTES = frozenset({"/", "/healthz", "/readyz", "/metrics", "/v1/info", "/v1/predict"})
@@ -56,15 +55,12 @@ def web_router(folder: Path) -> APIRouter:
     return router
 
 
-PipelineFactory = Callable[[Settings, str], Pipeline]
-
-
 def create_app(
-    settings: Settings | None = None, *, pipeline_factory: PipelineFactory = build_pipeline
+    settings: Settings | None = None, *, analyzer_factory: AnalyzerFactory = load_analyzer
 ) -> FastAPI:
-    """``pipeline_factory`` loads the models (on a worker thread, after startup)."""
+    """``analyzer_factory`` loads the models (on a worker thread, after startup)."""
     settings = settings or Settings()
-    runtime = Runtime(settings, pipeline_factory)
+    runtime = Runtime(settings, analyzer_factory)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

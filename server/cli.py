@@ -29,7 +29,7 @@ from server.app import create_app
 from server.config import Settings
 from server.logs import install_redaction, route_warnings_to_log
 from server.protocols import AbortingWebSocketProtocol, bounded_head_protocol
-from server.runtime import Runtime, build_pipeline
+from server.runtime import Runtime, load_analyzer
 
 #: Extra room over the frame limit so the app, not uvicorn, rejects big frames (with a reason).
 WS_SIZE_SLACK = 1024 * 1024
@@ -111,9 +111,9 @@ def load_settings(argv: Sequence[str] | None = None) -> Settings:
 
 def warmup_only(settings: Settings) -> int:
     start = time.perf_counter()
-    device = settings.torch_device()
-    build_pipeline(settings, device).warmup()
-    print(f"emotion-server: models loaded and warmed up on {device} in {time.perf_counter() - start:.1f}s")
+    analyzer = load_analyzer(settings.model_copy(update={"warmup": True}))
+    took = time.perf_counter() - start
+    print(f"emotion-server: models loaded and warmed up on {analyzer.device} in {took:.1f}s")
     return 0
 
 

@@ -66,6 +66,12 @@ class Metrics:
             "emotion_errors_total", "Errors returned to clients, by code", ["code"], registry=r
         )
         self.ready = Gauge("emotion_ready", "1 once the model is loaded and warmed up", registry=r)
+        #: What an autoscaler scales on (deploy/k8s/hpa.yaml): work waiting for this replica's model.
+        self.queue_depth = Gauge(
+            "emotion_queue_depth",
+            "Images waiting for the model: queued for the next batch plus being decoded",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -19,8 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, Protocol
 
-import torch
-
+from emotion_service.analyzer import EmotionAnalyzer
 from server.config import Settings
 from server.errors import NotReady
 from server.metrics import Metrics
@@ -28,7 +27,7 @@ from server.model.checkpoint import CheckpointMeta, read_meta
 from server.pipeline.backend import resolve_backend
 from server.pipeline.batcher import Batcher
 from server.pipeline.decode import SUPPORTED_FORMATS, DecodedImage, decode_image
-from server.pipeline.runner import Job, JobResult, Pipeline
+from server.pipeline.runner import Job, JobResult, work_size
 
 log = logging.getLogger(__name__)
 
@@ -75,48 +74,12 @@ class StreamHub:
                 log.warning("%d stream(s) did not close within %.1fs", len(self._open), timeout)
 
 
-def build_pipeline(settings: Settings, device: str) -> Pipeline:
-    """Load both models (slow: runs on a worker thread)."""
-    from server.pipeline.backend import compile_module, resolve_backend
-    from server.pipeline.classify import EmotionClassifier
-    from server.pipeline.detect import SSDFaceDetector, build_detector
-
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
-    backend = resolve_backend(settings.backend, device)
-    classifier = EmotionClassifier(
-        settings.checkpoint,
-        device,
-        backend=backend,
-        threads=settings.torch_threads,
-        precision=settings.cpu_precision,
-        flip_tta=settings.flip_tta,
-    )
-    detector = build_detector(
-        settings.detector,
-        device=device,
-        score_threshold=settings.score_threshold,
-        max_faces=settings.max_faces,
-        min_face_size=settings.min_face_size,
-        input_size=settings.detector_input_size,
-    )
-    if isinstance(detector, SSDFaceDetector):
-        w, h = detector.input_size
-        example = detector.preprocess([torch.zeros((3, h, w), dtype=torch.uint8)])
-        detector.model = compile_module(
-            detector.model, example, backend, settings.torch_threads, settings.cpu_precision
-        )
-    return Pipeline(classifier, detector, device)
+AnalyzerFactory = Callable[[Settings], EmotionAnalyzer]
 
 
-def work_size(settings: Settings) -> tuple[int, int]:
-    """The smallest image size the pipeline needs: larger images are decoded reduced to it.
-
-    The detector sees the whole image at its input size; a face it can find (>= ~12 px there)
-    keeps >= 48 px, a full classifier crop, when each side stays 4x the detector's input.
-    """
-    width, height = settings.detector_input_size
-    return (4 * width, 4 * height)
+def load_analyzer(settings: Settings) -> EmotionAnalyzer:
+    """Load both models and warm them up (slow: runs on a worker thread)."""
+    return EmotionAnalyzer.from_settings(settings)
 
 
 def release_free_heap() -> None:
@@ -134,9 +97,7 @@ def release_free_heap() -> None:
 
 
 class Runtime:
-    def __init__(
-        self, settings: Settings, pipeline_factory: Callable[[Settings, str], Pipeline] = build_pipeline
-    ) -> None:
+    def __init__(self, settings: Settings, analyzer_factory: AnalyzerFactory = load_analyzer) -> None:
         self.settings = settings
         self.device = settings.torch_device()
         #: Model runtime actually used (``auto`` resolved): torch or openvino.
@@ -144,17 +105,23 @@ class Runtime:
         self.metrics = Metrics()
         self.streams = StreamHub(settings.max_streams, settings.max_streams_per_client)
         self.meta: CheckpointMeta = read_meta(settings.checkpoint)  # fails fast on a wrong file
-        self.pipeline: Pipeline | None = None
+        #: The in-process API object the server is built on; set once loaded.
+        self.analyzer: EmotionAnalyzer | None = None
         self.batcher: Batcher[Job, JobResult] | None = None
         self.model_version = self.meta.version
         self.load_error: str | None = None
         self.ready = False
         self.started_at = time.time()
-        self._factory = pipeline_factory
+        self._factory = analyzer_factory
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self._load_task: asyncio.Task[None] | None = None
         #: Images being decoded: the only ones that could still join a batch that is forming.
         self._decoding = 0
+        self.metrics.queue_depth.set_function(self.queue_depth)
+
+    def queue_depth(self) -> int:
+        """Images waiting for the model (queued plus decoding): the autoscaling signal."""
+        return self._decoding + (self.batcher.pending if self.batcher is not None else 0)
 
     async def start(self) -> None:
         """Begin loading in the background; returns at once so the server can answer /healthz."""
@@ -168,16 +135,14 @@ class Runtime:
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
         try:
-            pipeline = await loop.run_in_executor(None, self._factory, self.settings, self.device)
-            if self.settings.warmup:
-                await loop.run_in_executor(None, pipeline.warmup)
+            analyzer = await loop.run_in_executor(None, self._factory, self.settings)
             release_free_heap()
         except Exception as exc:
             log.exception("model loading failed")
             self.load_error = f"{type(exc).__name__}: {exc}"
             return
-        self.pipeline = pipeline
-        self.model_version = pipeline.classifier.version
+        self.analyzer = analyzer
+        self.model_version = analyzer.model.version
         self.batcher = Batcher(
             self._run_batch,
             max_batch_size=self.settings.max_batch_size,
@@ -201,8 +166,8 @@ class Runtime:
         )
 
     def _run_batch(self, jobs: Sequence[Job]) -> list[JobResult]:
-        assert self.pipeline is not None
-        results = self.pipeline.run(jobs)
+        assert self.analyzer is not None
+        results = self.analyzer.run_batch(jobs)
         if results:
             self.metrics.stage_latency.labels(stage="detect").observe(results[0].detect_ms / 1000.0)
             self.metrics.stage_latency.labels(stage="classify").observe(results[0].classify_ms / 1000.0)

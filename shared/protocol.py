@@ -11,11 +11,20 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class _Model(BaseModel):
+class _Reply(BaseModel):
+    """Server -> client: unknown fields are ignored, so a newer server can add one without
+    breaking clients already installed (they validate every reply with these models)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Request(BaseModel):
+    """Client -> server: strict, so a typo in a field name is an error instead of a silent no-op."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class FaceBox(_Model):
+class FaceBox(_Reply):
     """Face rectangle in pixels of the (EXIF-upright) input image."""
 
     x: int = Field(ge=0)
@@ -24,7 +33,7 @@ class FaceBox(_Model):
     h: int = Field(ge=0)
 
 
-class FaceResult(_Model):
+class FaceResult(_Reply):
     box: FaceBox
     confidence: float = Field(ge=0.0, le=1.0, description="Detector score (1.0 when detection is skipped).")
     emotions: dict[str, float] = Field(description="Class name -> probability; sums to 1.")
@@ -32,24 +41,24 @@ class FaceResult(_Model):
     track_id: int | None = Field(default=None, description="Stable id across frames of one stream.")
 
 
-class ImageInfo(_Model):
+class ImageInfo(_Reply):
     width: int
     height: int
 
 
-class ModelRef(_Model):
+class ModelRef(_Reply):
     name: str
     version: str
 
 
-class Timing(_Model):
+class Timing(_Reply):
     decode: float = 0.0
     detect: float = 0.0
     classify: float = 0.0
     total: float = 0.0
 
 
-class PredictResponse(_Model):
+class PredictResponse(_Reply):
     """Reply to `POST /v1/predict`; faces sorted by box area, largest first."""
 
     faces: list[FaceResult]
@@ -58,7 +67,7 @@ class PredictResponse(_Model):
     timing_ms: Timing
 
 
-class StreamResult(_Model):
+class StreamResult(_Reply):
     """One JSON text message on `WS /v1/stream`, for one processed frame."""
 
     type: Literal["result"] = "result"
@@ -69,7 +78,7 @@ class StreamResult(_Model):
     dropped: int = Field(ge=0, description="Frames skipped since the previous reply.")
 
 
-class StreamControl(_Model):
+class StreamControl(_Request):
     """Optional JSON text message a stream client may send at any time."""
 
     smoothing: float | None = Field(
@@ -80,12 +89,12 @@ class StreamControl(_Model):
     detect: bool | None = None
 
 
-class ErrorDetail(_Model):
+class ErrorDetail(_Reply):
     code: str
     message: str
 
 
-class ErrorBody(_Model):
+class ErrorBody(_Reply):
     """Every 4xx/5xx body, and the payload of error messages on the WebSocket."""
 
     error: ErrorDetail

@@ -20,11 +20,11 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from server.app import PipelineFactory, create_app
+from server.app import create_app
 from server.cli import GracefulServer, build_server
 from server.config import Settings
 from server.metrics import sum_samples
-from server.runtime import build_pipeline
+from server.runtime import AnalyzerFactory, load_analyzer
 
 
 def server_settings(checkpoint: Path, **overrides: Any) -> Settings:
@@ -43,9 +43,9 @@ def server_settings(checkpoint: Path, **overrides: Any) -> Settings:
 
 
 class LiveServer:
-    def __init__(self, settings: Settings, pipeline_factory: PipelineFactory = build_pipeline) -> None:
+    def __init__(self, settings: Settings, analyzer_factory: AnalyzerFactory = load_analyzer) -> None:
         self.settings = settings
-        self.app = create_app(settings, pipeline_factory=pipeline_factory)
+        self.app = create_app(settings, analyzer_factory=analyzer_factory)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))

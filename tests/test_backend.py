@@ -105,8 +105,7 @@ def test_pipeline_with_flip_tta(backend: str, astronaut: np.ndarray, tiny_checkp
     """The server's pipeline builder honours the backend and flip TTA settings end to end."""
     from server.config import Settings
     from server.pipeline.decode import DecodedImage
-    from server.pipeline.runner import Job
-    from server.runtime import build_pipeline
+    from server.pipeline.runner import Job, build_pipeline
 
     settings = Settings(checkpoint=tiny_checkpoint, backend=backend, flip_tta=True)
     pipe = build_pipeline(settings, "cpu")

@@ -23,9 +23,10 @@ import pytest
 from PIL import Image
 from server_harness import LiveServer, faces_canvas, jpeg, retry, server_settings
 
+from emotion_service import EmotionAnalyzer
 from server.config import Settings
 from server.pipeline.runner import Pipeline
-from server.runtime import build_pipeline
+from server.runtime import load_analyzer
 from shared.protocol import ErrorBody, PredictResponse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
@@ -270,10 +271,10 @@ def test_probes_after_a_failed_load_say_only_what_a_prober_needs(
 ) -> None:
     secret_path = "/srv/private/models/emotion.safetensors"
 
-    def broken(settings: Settings, device: str) -> Pipeline:
+    def broken(settings: Settings) -> EmotionAnalyzer:
         raise RuntimeError(f"cannot read {secret_path}: permission denied")
 
-    server = LiveServer(server_settings(tiny_checkpoint), pipeline_factory=broken).start(wait_ready=False)
+    server = LiveServer(server_settings(tiny_checkpoint), analyzer_factory=broken).start(wait_ready=False)
     try:
         assert retry(lambda: server.runtime.load_error is not None)
         for path in ("/healthz", "/readyz"):
@@ -294,14 +295,17 @@ class FailingPipeline(Pipeline):
         raise RuntimeError("injected fault")
 
 
-def failing_factory(settings: Settings, device: str) -> Pipeline:
-    real = build_pipeline(settings, device)
-    return FailingPipeline(real.classifier, real.detector, device)
+def failing_factory(settings: Settings) -> EmotionAnalyzer:
+    """The real analyzer, its pipeline swapped for one with the fault."""
+    analyzer = load_analyzer(settings)
+    real = analyzer.pipeline
+    analyzer.pipeline = FailingPipeline(real.classifier, real.detector, analyzer.device)
+    return analyzer
 
 
 def test_a_500_reply_says_connection_close(tiny_checkpoint: Path, astronaut_jpeg: bytes) -> None:
     """Was: the 500 closed the connection without saying so; a client reusing it got a reset."""
-    server = LiveServer(server_settings(tiny_checkpoint, warmup=False), pipeline_factory=failing_factory)
+    server = LiveServer(server_settings(tiny_checkpoint, warmup=False), analyzer_factory=failing_factory)
     server.start()
     try:
         with httpx.Client() as client:

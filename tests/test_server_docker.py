@@ -147,7 +147,8 @@ def test_dockerignore_keeps_what_the_image_needs() -> None:
         x.strip() for x in (REPO / ".dockerignore").read_text().splitlines() if x.strip() and x[0] != "#"
     ]
     assert lines[0] == "*"  # deny by default: no runs/, .venv, data or secrets in the build context
-    for needed in ("pyproject.toml", "README.md", "shared/", "server/"):
+    needed_files = ("pyproject.toml", "setup.py", "README.md", "build_backend/", "packaging/")
+    for needed in (*needed_files, "shared/", "server/", "emotion_service/"):
         assert f"!{needed}" in lines
     assert not any("checkpoints" in x or "safetensors" in x for x in lines)  # the checkpoint ships
 

@@ -16,10 +16,10 @@ from server_harness import LiveServer, frame_640x480, jpeg, recv_json, retry, ru
 from test_server_stream import close_code
 from websockets.asyncio.client import connect
 
+from emotion_service import EmotionAnalyzer
 from server.cli import load_settings, main
 from server.config import Settings
-from server.pipeline.runner import Pipeline
-from server.runtime import build_pipeline
+from server.runtime import load_analyzer
 from shared.protocol import ErrorBody
 
 
@@ -30,11 +30,11 @@ def error_code(resp: httpx.Response) -> str:
 def test_not_ready_until_warmed_up(tiny_checkpoint: Path, astronaut_jpeg: bytes) -> None:
     gate = threading.Event()
 
-    def slow_factory(settings: Settings, device: str) -> Pipeline:
+    def slow_factory(settings: Settings) -> EmotionAnalyzer:
         gate.wait(60)
-        return build_pipeline(settings, device)
+        return load_analyzer(settings)
 
-    srv = LiveServer(server_settings(tiny_checkpoint), pipeline_factory=slow_factory).start(wait_ready=False)
+    srv = LiveServer(server_settings(tiny_checkpoint), analyzer_factory=slow_factory).start(wait_ready=False)
     try:
         assert httpx.get(srv.url + "/healthz").status_code == 200  # alive while loading
         resp = httpx.get(srv.url + "/readyz")
@@ -57,10 +57,10 @@ def test_not_ready_until_warmed_up(tiny_checkpoint: Path, astronaut_jpeg: bytes)
 
 
 def test_load_failure_is_reported_not_hidden(tiny_checkpoint: Path) -> None:
-    def broken(settings: Settings, device: str) -> Pipeline:
+    def broken(settings: Settings) -> EmotionAnalyzer:
         raise RuntimeError("detector weights unreadable")
 
-    srv = LiveServer(server_settings(tiny_checkpoint), pipeline_factory=broken).start(wait_ready=False)
+    srv = LiveServer(server_settings(tiny_checkpoint), analyzer_factory=broken).start(wait_ready=False)
     try:
         assert retry(lambda: srv.runtime.load_error is not None)
         for path in ("/readyz", "/healthz"):

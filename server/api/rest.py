@@ -27,8 +27,8 @@ from server.errors import (
     RequestTimeout,
     UnsupportedMediaType,
 )
-from server.pipeline.runner import Job, PredictOptions, face_result
-from shared.protocol import ErrorBody, ImageInfo, ModelRef, PredictResponse, Timing
+from server.pipeline.runner import Job
+from shared.protocol import ErrorBody, PredictResponse
 
 router = APIRouter(prefix="/v1", tags=["predict"], dependencies=[ApiKey])
 T = TypeVar("T")
@@ -205,26 +205,12 @@ async def predict(
     start = time.perf_counter()
     settings = runtime.settings
     data = await read_image_bytes(request, settings.max_body_bytes, settings.body_timeout_s)
-    options = PredictOptions(
-        detect=query.detect,
-        max_faces=min(query.max_faces or settings.max_faces, settings.max_faces),
-        min_confidence=settings.score_threshold if query.min_confidence is None else query.min_confidence,
-    )
+    analyzer = runtime.analyzer
+    assert analyzer is not None  # ReadyRuntimeDep
+    options = analyzer.options(query.max_faces, query.min_confidence, query.detect)
     image = await unless_client_leaves(request, runtime.decode(data))
     result = await unless_client_leaves(request, runtime.infer(Job(image, options)))
-    classes = runtime.classes
-    faces = [face_result(f, classes, image.width, image.height) for f in result.faces]
-    return PredictResponse(
-        faces=faces,
-        image=ImageInfo(width=image.width, height=image.height),
-        model=ModelRef(name=runtime.meta.name, version=runtime.model_version),
-        timing_ms=Timing(
-            decode=round(image.decode_ms, 3),
-            detect=round(result.detect_ms, 3),
-            classify=round(result.classify_ms, 3),
-            total=round((time.perf_counter() - start) * 1000.0, 3),
-        ),
-    )
+    return analyzer.response(image, result, start)
 
 
 @router.get(

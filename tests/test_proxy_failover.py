@@ -1,0 +1,45 @@
+"""Two replicas behind nginx (deploy/nginx/emotion-service.conf): one is SIGKILLed under load.
+
+A short run of bench/proxy_failover.py (the full run's table is in docs/reliability.md). Skips
+when nginx is not installed (Debian: apt-get install nginx; .ci/run installs it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+failover: Any = importlib.import_module("proxy_failover")
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(failover.nginx_binary() is None, reason="nginx is not installed"),
+]
+
+
+def test_rest_and_streams_survive_a_replica_kill(tiny_checkpoint: Path, astronaut_jpeg: bytes) -> None:
+    r = failover.run(
+        warm=3.0,
+        after=5.0,
+        rest_clients=2,
+        streams=2,
+        env={"EMOTION_CHECKPOINT": str(tiny_checkpoint), "EMOTION_WARMUP": "false"},
+        jpeg=astronaut_jpeg,
+    )
+    # REST spread across both replicas while both were up, and kept answering through the survivor.
+    assert r["rest_spread"].get("killed replica", 0) > 0 and r["rest_spread"].get("survivor", 0) > 0, r
+    assert r["rest_before"]["failed"] == 0 and r["rest_after"]["failed"] == 0, r
+    assert r["rest_after"]["ok"] > 0, r
+    assert set(r["rest_spread_after"]) == {"survivor"}, r
+    # Streams were pinned (each on one connection); those on the dead replica reconnected through
+    # the proxy and were answered again, and none gave up.
+    assert r["streams_on_victim"] >= 1 and r["reconnects"] >= r["streams_on_victim"], r
+    assert not r["stream_errors"], r
+    assert all(0 < s < 10 for s in r["recovery_s"]), r
+    assert r["stream_replies_after"] > 0, r
+    assert r["hung_clients"] == 0, r
