@@ -3,7 +3,7 @@
 ``emotion-eval`` without ``--detect`` scores face crops. Users send photos and webcam
 frames, so this mode runs what the server runs on each one: the server's own decoder
 (:func:`server.pipeline.decode.decode_image`), its pipeline as
-:func:`server.runtime.build_pipeline` builds it from :class:`server.config.Settings`
+:func:`server.pipeline.runner.build_pipeline` builds it from :class:`server.config.Settings`
 (detect -> crop -> classify, :class:`server.pipeline.runner.Pipeline`), and its face
 order, and scores the face the server returns first.
 
@@ -67,7 +67,7 @@ def build_server_pipeline(
     """The pipeline exactly as ``emotion-server`` builds it (its Settings and defaults, including
     ``EMOTION_*`` variables), optionally with another crop framing than the checkpoint's, or
     (for before/after measurements, bench/phantoms.py) another SSD head layout."""
-    from server.runtime import build_pipeline
+    from server.pipeline.runner import build_pipeline
 
     cfg = Settings(checkpoint=Path(checkpoint), device=device)
     pipeline = build_pipeline(cfg, device)
