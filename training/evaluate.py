@@ -104,17 +104,22 @@ def parse_grid(text: str) -> list[CropSpec]:
     ]
 
 
+def crop_override(args: argparse.Namespace) -> CropSpec | None:
+    """The checkpoint's crop framing with the --crop-* flags given applied, or None when none is given."""
+    if args.crop_margin is None and args.crop_y_shift is None and args.crop_square is None:
+        return None
+    current = read_meta(args.checkpoint).crop
+    return CropSpec(
+        margin=current.margin if args.crop_margin is None else args.crop_margin,
+        y_shift=current.y_shift if args.crop_y_shift is None else args.crop_y_shift,
+        square=current.square if args.crop_square is None else args.crop_square == "true",
+    )
+
+
 def main_detect(args: argparse.Namespace) -> None:
     from training.evaluate_photos import evaluate_photos, write_photo_report
 
-    crop = None
-    if args.crop_margin is not None or args.crop_y_shift is not None or args.crop_square is not None:
-        current = read_meta(args.checkpoint).crop
-        crop = CropSpec(
-            margin=current.margin if args.crop_margin is None else args.crop_margin,
-            y_shift=current.y_shift if args.crop_y_shift is None else args.crop_y_shift,
-            square=current.square if args.crop_square is None else args.crop_square == "true",
-        )
+    crop = crop_override(args)
     device = str(resolve_device(args.device))
     metrics = evaluate_photos(
         args.data,
@@ -239,15 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     write_report(metrics, Path(args.out))
     if args.bundle:
-        crop = None
-        if args.crop_margin is not None or args.crop_y_shift is not None or args.crop_square is not None:
-            current = read_meta(args.checkpoint).crop
-            crop = CropSpec(
-                margin=current.margin if args.crop_margin is None else args.crop_margin,
-                y_shift=current.y_shift if args.crop_y_shift is None else args.crop_y_shift,
-                square=current.square if args.crop_square is None else args.crop_square == "true",
-            )
-        print(f"bundled -> {bundle(args.checkpoint, args.bundle, metrics, crop)}")
+        print(f"bundled -> {bundle(args.checkpoint, args.bundle, metrics, crop_override(args))}")
     print(
         f"{metrics['split']}: n={metrics['n']} accuracy={metrics['accuracy']:.4f} "
         f"macro_f1={metrics['macro_f1']:.4f} tta={metrics['tta']} -> {args.out}/metrics.json"
