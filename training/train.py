@@ -302,11 +302,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     mixer = v2.RandomChoice(mixers) if mixers else None
 
     start_epoch, best = 0, dict[str, Any](val_acc=-1.0)
+    recipe = make_meta(args, classes, fingerprint, {}).train_config  # what --resume must match
     state_path = out / "last.pt"
     if args.resume and state_path.exists():
         # weights_only: resume state is our own, but never unpickle arbitrary objects anyway
         state = torch.load(state_path, map_location=device, weights_only=True)
-        check_resume_args(state.get("args", {}), make_meta(args, classes, fingerprint, {}).train_config)
+        check_resume_args(state.get("args", {}), recipe)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -354,7 +355,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "torch_rng": torch.get_rng_state(),
                 "epoch": epoch,
                 "best": best,
-                "args": make_meta(args, classes, fingerprint, {}).train_config,
+                "args": recipe,
             },
             state_path,
         )
