@@ -16,3 +16,17 @@ def write_section(path: Path, section: str, body: str) -> None:
         text = text[:start] + body + (text[end + 1 :] if end >= 0 else "")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text.rstrip("\n") + "\n")
+
+
+def write_marked(path: Path, start: str, end: str, block: str, title: str = "# Benchmarks") -> None:
+    """Replace the text from marker ``start`` to marker ``end`` (both kept) with ``block``, or append it.
+
+    For results that sit inside a hand-written section rather than owning a whole ``## `` heading.
+    """
+    text = path.read_text() if path.exists() else title + "\n"
+    block = "\n".join([start, block, end])
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)

@@ -36,6 +36,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from docsection import write_marked  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 from server.model.checkpoint import DEFAULT_CHECKPOINT, CropSpec  # noqa: E402
 from server.pipeline.classify import EmotionClassifier  # noqa: E402
 from server.pipeline.crop import crop_faces, crop_whole_images  # noqa: E402
@@ -193,7 +195,6 @@ def main(argv: list[str] | None = None) -> None:
     ]
     body = "\n".join(
         [
-            START,
             f"Run: `python bench/framing.py {' '.join(argv if argv is not None else sys.argv[1:])}`".strip(),
             "",
             f"- checkpoint: `{args.checkpoint.name}` (version {meta.version!r}, crop spec in it: "
@@ -212,15 +213,9 @@ def main(argv: list[str] | None = None) -> None:
             f"({best[2]:.2%} of detected, {best[3]:.2%} end to end)",
             "",
             *table,
-            END,
         ]
     )
-    text = DOC.read_text() if DOC.exists() else "# Face detection\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + body + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + body + "\n"
-    DOC.write_text(text)
+    write_marked(DOC, START, END, body, title="# Face detection")
     print(f"wrote {DOC}")
 
 

@@ -27,6 +27,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from docsection import write_marked  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 from server.model.checkpoint import DEFAULT_CHECKPOINT  # noqa: E402
 from training.evaluate_photos import evaluate_photos  # noqa: E402
 
@@ -131,13 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         *rows,
     ]
-    text = DOC.read_text()
-    block = "\n".join([START, *body, END])
-    if START in text and END in text:
-        text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.write_text(text)
+    write_marked(DOC, START, END, "\n".join(body), title="# Face detection")
     print(f"wrote {DOC}")
 
 
