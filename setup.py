@@ -8,11 +8,8 @@ checkout and lists the server's dependencies itself.
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -40,16 +37,9 @@ else:
     server = [server_dist.replace(" @", "[server] @")]
     train = [server_dist.replace(" @", "[train] @")]
 
-# A fresh build directory every time: setuptools would otherwise reuse ./build/lib, and files a
-# previous build put there (say, the server package) would end up in this wheel too.
-build_base = tempfile.mkdtemp(prefix="emotion-build-")
-atexit.register(shutil.rmtree, build_base, ignore_errors=True)
 
 setup(
-    options={
-        "build": {"build_base": build_base},
-        "bdist_wheel": {"bdist_dir": os.path.join(build_base, "wheel")},
-    },
+    options=req.fresh_build_options("emotion-build-"),  # never a stale ./build
     packages=packages,
     package_data=package_data,
     entry_points={"console_scripts": scripts},

@@ -1,6 +1,13 @@
-"""Every dependency list of both distributions (setup.py and packaging/server/setup.py), in one place."""
+"""Every dependency list of both distributions (setup.py and packaging/server/setup.py), in one place,
+and the build options they share."""
 
 from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from typing import Any
 
 #: Both sides: the wire schemas.
 BASE = ["pydantic>=2.6"]
@@ -21,9 +28,9 @@ SERVER = [
     "fastapi-offline>=1.7",  # Swagger UI / ReDoc assets in the wheel: /docs works without internet
 ]
 TRAIN = ["scikit-learn>=1.4", "tqdm>=4.66", "matplotlib>=3.8"]
-# The lean remote client (~66 MB venv): REST predict, batch jobs against a server, the WebSocket,
-# the schemas. Camera/video capture, windows and annotated images need OpenCV (`camera`, ~160 MB on
-# its own); session plots need matplotlib (`plot`).
+# The lean remote client (43 MB venv, docs/client.md): REST predict, batch jobs against a server,
+# the WebSocket, the schemas. Camera/video capture, windows and annotated images need OpenCV
+# (`camera`, ~160 MB on its own); session plots need matplotlib (`plot`).
 CLIENT = ["websockets>=13", "httpx>=0.27", "tqdm>=4.66"]  # websockets.asyncio.client: 13.0+
 CAMERA = ["opencv-python-headless>=4.8,<5", "numpy>=1.26"]
 PLOT = ["matplotlib>=3.8"]
@@ -48,3 +55,14 @@ SERVER_SCRIPTS = [
 ]
 SERVER_PACKAGES = ["server", "training", "emotion_service"]
 SERVER_PACKAGE_DATA = {"server": ["checkpoints/*.safetensors", "api/web/*"], "emotion_service": ["py.typed"]}
+
+
+def fresh_build_options(prefix: str) -> dict[str, Any]:
+    """setup() options for a new, self-deleting build folder: setuptools would otherwise reuse ./build/lib,
+    and files a previous build put there (say, the server package) would end up in the client wheel."""
+    build_base = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, build_base, ignore_errors=True)
+    return {
+        "build": {"build_base": build_base},
+        "bdist_wheel": {"bdist_dir": os.path.join(build_base, "wheel")},
+    }

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import atexit
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -20,14 +16,9 @@ top = [p for p in req.SERVER_PACKAGES if (ROOT / p).is_dir()]  # a server image 
 packages = find_packages(where=str(ROOT), include=[f"{p}{s}" for p in top for s in ("", ".*")])
 scripts = [s for s in req.SERVER_SCRIPTS if s.split("= ")[1].split(".")[0] in top]
 rel = Path("..", "..")
-build_base = tempfile.mkdtemp(prefix="emotion-server-build-")  # never a stale ./build (see ../../setup.py)
-atexit.register(shutil.rmtree, build_base, ignore_errors=True)
 
 setup(
-    options={
-        "build": {"build_base": build_base},
-        "bdist_wheel": {"bdist_dir": os.path.join(build_base, "wheel")},
-    },
+    options=req.fresh_build_options("emotion-server-build-"),  # never a stale ./build
     packages=packages,
     package_dir={p: str(rel / p) for p in top},
     package_data={k: v for k, v in req.SERVER_PACKAGE_DATA.items() if k in top},
