@@ -1,4 +1,10 @@
-"""Request dependencies as ``Annotated`` aliases, so handlers declare what they need by type."""
+"""Request dependencies as ``Annotated`` aliases, so handlers declare what they need by type.
+
+They are ``async def`` although none awaits anything: FastAPI runs a plain ``def`` dependency on
+its thread pool, one thread hop per dependency and request (four per ``POST /v1/predict``), which
+profiling showed as the largest share of the event loop's own time per request
+(docs/benchmarks.md, "Where the time goes (CPU)"). None of them blocks.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ from server.errors import NotReady, Unauthorized
 from server.runtime import Runtime
 
 
-def get_runtime(conn: HTTPConnection) -> Runtime:
+async def get_runtime(conn: HTTPConnection) -> Runtime:
     runtime: Runtime = conn.app.state.runtime
     return runtime
 
@@ -22,14 +28,14 @@ def get_runtime(conn: HTTPConnection) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_settings(runtime: RuntimeDep) -> Settings:
+async def get_settings(runtime: RuntimeDep) -> Settings:
     return runtime.settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_ready_runtime(runtime: RuntimeDep) -> Runtime:
+async def get_ready_runtime(runtime: RuntimeDep) -> Runtime:
     if not runtime.ready:
         raise NotReady(
             "model failed to load" if runtime.load_error else "model is loading; try again shortly"
@@ -72,7 +78,7 @@ _HEADER = APIKeyHeader(
 )
 
 
-def require_api_key(
+async def require_api_key(
     conn: HTTPConnection,
     settings: SettingsDep,
     _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)],
