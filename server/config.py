@@ -121,6 +121,13 @@ class Settings(BaseSettings):
         default=0, ge=0, le=10_000, description="Streams one API key (else one address) may hold; 0: no cap."
     )
     stream_max_fps: float = Field(default=30.0, gt=0.0, le=1000.0)
+    stream_redetect_every: int = Field(
+        default=10,
+        ge=0,
+        le=1000,
+        description="Streams: detect the whole frame every N frames and, in between, only around the "
+        "previous frame's faces (a new face is found within N frames); 0 or 1: always the whole frame.",
+    )
     stream_idle_timeout_s: float = Field(
         default=60.0,
         ge=0.0,

@@ -24,7 +24,11 @@ MiB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def srv(tiny_checkpoint: Path) -> Iterator[LiveServer]:
-    server = LiveServer(server_settings(tiny_checkpoint, stream_max_fps=1000.0)).start()
+    # Whole-frame detection on every frame: replies are compared with REST's for the same frame.
+    # Region passes (the default) are tested in test_stream_roi.py.
+    server = LiveServer(
+        server_settings(tiny_checkpoint, stream_max_fps=1000.0, stream_redetect_every=1)
+    ).start()
     yield server
     server.stop()
 

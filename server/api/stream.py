@@ -38,6 +38,7 @@ from server.deps import RuntimeDep, key_is_valid, presented_key
 from server.errors import error_body
 from server.pipeline.batcher import BatcherClosed, BatcherFull
 from server.pipeline.decode import DecodeError, ImageTooLarge
+from server.pipeline.roi import RegionPlanner
 from server.pipeline.runner import Job, PredictOptions, face_result
 from server.pipeline.track import Tracker
 from server.runtime import Runtime
@@ -136,6 +137,7 @@ class StreamSession:
         self.options = PredictOptions(max_faces=settings.max_faces, min_confidence=settings.score_threshold)
         self.smoothing = 0.0
         self.tracker = Tracker()
+        self.regions = RegionPlanner(settings.stream_redetect_every)
         self.bucket = TokenBucket(settings.stream_max_fps)
         self.received = 0
         self.dropped = 0
@@ -309,13 +311,16 @@ class StreamSession:
             raise StreamClosed(status.WS_1009_MESSAGE_TOO_BIG, f"frame {frame.index}: {exc}") from exc
         except DecodeError as exc:
             raise StreamClosed(status.WS_1003_UNSUPPORTED_DATA, f"frame {frame.index}: {exc}") from exc
+        regions = self.regions.regions(image.width, image.height) if self.options.detect else None
         try:
-            result = await runtime.infer(Job(image, self.options))
+            result = await runtime.infer(Job(image, self.options, regions))
         except BatcherFull:
             self._drop("overload")
             return
         except BatcherClosed as exc:
             raise StreamClosed(status.WS_1001_GOING_AWAY, "server shutting down") from exc
+        if self.options.detect:
+            self.regions.observe([f.box for f in result.faces], regions)
         classes = runtime.classes
         ids = self.tracker.update(np.array([f.box for f in result.faces], dtype=np.float64).reshape(-1, 4))
         faces = [

@@ -18,6 +18,7 @@ import torch
 from server.pipeline.classify import EmotionClassifier
 from server.pipeline.crop import WHOLE_IMAGE, crop_faces
 from server.pipeline.decode import DecodedImage
+from server.pipeline.roi import ROI_INPUT, RegionDetector
 from server.pipeline.types import FaceDetector
 from shared.protocol import FaceBox, FaceResult
 
@@ -36,6 +37,9 @@ class PredictOptions:
 class Job:
     image: DecodedImage
     options: PredictOptions = field(default_factory=PredictOptions)
+    #: (K, 4) ``x1, y1, x2, y2`` in the image's pixels: detect only inside these (streams,
+    #: :mod:`server.pipeline.roi`); None: the whole image.
+    regions: torch.Tensor | None = None
 
 
 @dataclass
@@ -99,11 +103,17 @@ class Pipeline:
     """Holds the detector and the classifier; ``run`` is the batcher's batch function."""
 
     def __init__(
-        self, classifier: EmotionClassifier, detector: FaceDetector, device: str | torch.device
+        self,
+        classifier: EmotionClassifier,
+        detector: FaceDetector,
+        device: str | torch.device,
+        region_detector: RegionDetector | None = None,
     ) -> None:
         self.classifier = classifier
         self.detector = detector
         self.device = torch.device(device)
+        #: Runs jobs that carry ``regions``; without it they are detected whole.
+        self.region_detector = region_detector
 
     @property
     def classes(self) -> list[str]:
@@ -114,14 +124,21 @@ class Pipeline:
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Boxes and scores per image; one detector call for the batch, per-job limits applied after."""
         out: list[tuple[torch.Tensor, torch.Tensor]] = [(torch.zeros((0, 4)), torch.zeros(0))] * len(jobs)
-        want = [i for i, job in enumerate(jobs) if job.options.detect]
-        if want:
+        detect = [i for i, job in enumerate(jobs) if job.options.detect]
+        roi = self.region_detector
+        in_regions = [i for i in detect if roi is not None and jobs[i].regions is not None]
+        full = [i for i in detect if i not in in_regions]
+        for want in (full, in_regions):
+            if not want:
+                continue
             opts = [jobs[i].options for i in want]
-            dets = self.detector.detect(
-                [images[i] for i in want],
-                min_confidence=min(o.min_confidence for o in opts),
-                max_faces=max(o.max_faces for o in opts),
-            )
+            min_confidence = min(o.min_confidence for o in opts)
+            max_faces = max(o.max_faces for o in opts)
+            if roi is not None and want is in_regions:
+                regions = [self._in_tensor_pixels(jobs[i]) for i in want]
+                dets = roi.detect([images[i] for i in want], regions, min_confidence, max_faces)
+            else:
+                dets = self.detector.detect([images[i] for i in want], min_confidence, max_faces)
             for i, det, o in zip(want, dets, opts, strict=True):
                 keep = (
                     (det.scores >= o.min_confidence).nonzero().flatten()[: o.max_faces]
@@ -133,6 +150,13 @@ class Pipeline:
                 whole = torch.tensor([[0.0, 0.0, float(width), float(height)]])
                 out[i] = (whole, torch.ones(1))
         return out
+
+    @staticmethod
+    def _in_tensor_pixels(job: Job) -> torch.Tensor:
+        """The job's regions (image pixels) in the pixels of its tensor, which may be reduced."""
+        assert job.regions is not None
+        sx, sy = job.image.scale
+        return job.regions.float() / torch.tensor([sx, sy, sx, sy])
 
     def _crops(
         self, images: list[torch.Tensor], boxes: list[torch.Tensor], jobs: Sequence[Job]
@@ -186,7 +210,10 @@ class Pipeline:
         noise = torch.from_numpy(rng.integers(0, 256, (3, 480, 640), dtype=np.uint8))
         image = DecodedImage(tensor=noise, decode_ms=0.0)
         any_box = PredictOptions(detect=True, max_faces=4, min_confidence=0.0)  # exercise the crop path too
-        self.run([Job(image, any_box), Job(image, PredictOptions(detect=False))])
+        jobs = [Job(image, any_box), Job(image, PredictOptions(detect=False))]
+        if self.region_detector is not None:
+            jobs.append(Job(image, any_box, regions=torch.tensor([[100.0, 100.0, 260.0, 260.0]])))
+        self.run(jobs)
 
 
 def build_pipeline(settings: Settings, device: str) -> Pipeline:
@@ -214,13 +241,26 @@ def build_pipeline(settings: Settings, device: str) -> Pipeline:
         min_face_size=settings.min_face_size,
         input_size=settings.detector_input_size,
     )
-    if isinstance(detector, SSDFaceDetector):
-        w, h = detector.input_size
-        example = detector.preprocess([torch.zeros((3, h, w), dtype=torch.uint8)])
-        detector.model = compile_module(
-            detector.model, example, backend, settings.torch_threads, settings.cpu_precision
+    region_detector = None
+    if isinstance(detector, SSDFaceDetector) and settings.stream_redetect_every > 1:
+        region_detector = RegionDetector(
+            build_detector(
+                "ssd",
+                device=device,
+                score_threshold=settings.score_threshold,
+                max_faces=settings.max_faces,
+                min_face_size=settings.min_face_size,
+                input_size=ROI_INPUT,
+            )
         )
-    return Pipeline(classifier, detector, device)
+    for det in (detector, region_detector.detector if region_detector else None):
+        if isinstance(det, SSDFaceDetector):
+            w, h = det.input_size
+            example = det.preprocess([torch.zeros((3, h, w), dtype=torch.uint8)])
+            det.model = compile_module(
+                det.model, example, backend, settings.torch_threads, settings.cpu_precision
+            )
+    return Pipeline(classifier, detector, device, region_detector)
 
 
 def work_size(settings: Settings) -> tuple[int, int]:

@@ -1,0 +1,129 @@
+"""Streams: detect around the previous frame's faces, and the whole frame only every N frames.
+
+Why: on the CPU the SSD over a whole 640x480 frame at its 300x300 input is most of a stream
+frame's cost (docs/benchmarks.md, "Where the time goes (CPU)"). Between two webcam frames a
+face moves a few pixels, so the next frame only needs the detector around where the faces were:
+a square of ``CONTEXT`` times the face's side, run at ``ROI_INPUT`` (about a fifth of the
+pixels of the full input), all regions of all streams in one detector batch.
+
+What that costs: a face that *enters* the frame is only looked for at the next whole-frame
+detection, at most ``every`` frames later (:class:`RegionPlanner`); a face that leaves its
+region (lost: fewer faces than regions) makes the next frame a whole-frame one at once.
+REST requests always detect the whole image; this applies to streams only
+(``EMOTION_STREAM_REDETECT_EVERY``, 0 or 1 = whole frame every time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torchvision.ops import nms
+
+from server.pipeline.types import Detections, FaceDetector
+
+#: Detector input (width, height) for one region. A region is ``CONTEXT`` face sides wide, so the
+#: face is ~50 px there: well inside what the SSD finds reliably (>= 48 px faces in a 640-wide
+#: frame are ~23 px at its 300x300 input), whatever the face's size in the frame.
+ROI_INPUT = (128, 128)
+#: Region side in units of the face box's longer side: room for the face to move between frames.
+CONTEXT = 2.5
+#: Overlap above which two faces found in overlapping regions are the same face (the SSD's own).
+NMS_IOU = 0.45
+
+
+def search_regions(boxes: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """(K, 4) face boxes -> (K, 4) integer square regions ``CONTEXT`` times their side, around the
+    same centres, moved inside the image where they fit (clipped where they do not)."""
+    boxes = boxes.float().reshape(-1, 4)
+    side = torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]).clamp(min=8.0) * CONTEXT
+    cx = (boxes[:, 0] + boxes[:, 2]) * 0.5
+    cy = (boxes[:, 1] + boxes[:, 3]) * 0.5
+    x1 = (cx - side / 2).clamp(max=width - side).clamp(min=0.0)
+    y1 = (cy - side / 2).clamp(max=height - side).clamp(min=0.0)
+    x2 = torch.minimum(x1 + side, torch.tensor(float(width)))
+    y2 = torch.minimum(y1 + side, torch.tensor(float(height)))
+    return torch.stack([x1, y1, x2, y2], 1).round()
+
+
+class RegionDetector:
+    """A detector run on regions of images instead of whole images (one batch for all regions).
+
+    ``detector`` is a second SSD built at :data:`ROI_INPUT`; each region gives at most one face (its
+    best); boxes come back in each image's pixels, duplicates from overlapping regions merged, best
+    first, like ``FaceDetector.detect``.
+    """
+
+    def __init__(self, detector: FaceDetector) -> None:
+        self.detector = detector
+        #: Region passes and regions searched, for tests and /v1/info-style introspection.
+        self.passes = 0
+        self.regions = 0
+
+    def detect(
+        self,
+        images: Sequence[torch.Tensor],
+        regions: Sequence[torch.Tensor],
+        min_confidence: float | None = None,
+        max_faces: int | None = None,
+    ) -> list[Detections]:
+        crops: list[torch.Tensor] = []
+        owners: list[tuple[int, float, float]] = []
+        for i, (img, regs) in enumerate(zip(images, regions, strict=True)):
+            _, h, w = img.shape
+            for x1, y1, x2, y2 in regs.reshape(-1, 4).round().int().tolist():
+                x1, y1 = min(max(x1, 0), w - 1), min(max(y1, 0), h - 1)
+                x2, y2 = min(max(x2, x1 + 1), w), min(max(y2, y1 + 1), h)
+                crops.append(img[:, y1:y2, x1:x2])
+                owners.append((i, float(x1), float(y1)))
+        found = self.detector.detect(crops, min_confidence=min_confidence, max_faces=max_faces)
+        self.passes += 1
+        self.regions += len(crops)
+        boxes: list[list[torch.Tensor]] = [[] for _ in images]
+        scores: list[list[torch.Tensor]] = [[] for _ in images]
+        for (i, ox, oy), det in zip(owners, found, strict=True):
+            # One face per region, its best: the region follows one face; anything else in it is
+            # either a weak false detection (seen at scores ~0.5 beside a face at 0.99) or a
+            # face the next whole-frame pass will find.
+            boxes[i].append(det.boxes[:1].float() + torch.tensor([ox, oy, ox, oy]))
+            scores[i].append(det.scores[:1].float())
+        out = []
+        for b_list, s_list in zip(boxes, scores, strict=True):
+            if not b_list:
+                out.append(Detections(torch.zeros((0, 4)), torch.zeros(0)))
+                continue
+            b, s = torch.cat(b_list), torch.cat(s_list)
+            keep = nms(b, s, NMS_IOU)  # sorted by score, descending
+            if max_faces is not None:
+                keep = keep[:max_faces]
+            out.append(Detections(b[keep].contiguous(), s[keep].contiguous()))
+        return out
+
+
+class RegionPlanner:
+    """Per stream: whether the next frame is detected whole or only around the last faces.
+
+    Whole: the first frame, every ``every``-th frame after a whole one, after a frame with no
+    face, and after a region pass that lost a face. ``every`` <= 1: always whole.
+    """
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self._boxes: torch.Tensor | None = None
+        self._since_whole = 0  # region passes since the last whole-frame one
+
+    def regions(self, width: int, height: int) -> torch.Tensor | None:
+        """Regions to search in the next frame (its pixels), or None: detect the whole frame."""
+        if self.every <= 1 or self._boxes is None or self._since_whole >= self.every - 1:
+            return None
+        return search_regions(self._boxes, width, height)
+
+    def observe(self, boxes: Sequence[Sequence[float]], regions: torch.Tensor | None) -> None:
+        """The faces found in the frame that was planned with ``regions``."""
+        found = torch.tensor(list(boxes), dtype=torch.float32).reshape(-1, 4)
+        if regions is None:
+            self._since_whole = 0
+        else:
+            self._since_whole += 1
+        lost = regions is not None and len(found) < len(regions)
+        self._boxes = None if lost or not len(found) else found
