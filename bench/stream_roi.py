@@ -1,0 +1,154 @@
+"""One WebSocket stream in lock-step, side by side for several ``EMOTION_STREAM_REDETECT_EVERY`` values.
+
+One real ``emotion-server`` subprocess per value (default configuration otherwise), all started
+first, then driven in rounds: each round sends ``--frames`` frames in lock-step (send, wait for
+the reply) to each server in turn, so background load hits every setting alike. The frames are
+a webcam-like 640x480 sequence: the one-face frame of ``bench/vs_fer.py`` with the face drifting a
+few pixels per frame (as a seated user's does), so region passes have to follow it.
+
+Reports per setting: median and p95 frame time (client side, send -> reply), frames/s over the
+whole run, and the server's own median detect time. ``1`` is the whole frame every time (the
+behaviour before region passes). Writes the "## Streams: region passes (CPU)" section of
+docs/benchmarks.md unless ``--no-write``.
+
+    python bench/stream_roi.py                          # ~1.5 min
+    python bench/stream_roi.py --every 1,10 --rounds 3 --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from docsection import write_section  # bench/ is on sys.path when run as a script
+from PIL import Image
+from websockets.asyncio.client import connect
+
+REPO = Path(__file__).resolve().parent.parent
+SECTION = "## Streams: region passes (CPU)"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--every", default="1,5,10,20", help="EMOTION_STREAM_REDETECT_EVERY values")
+    p.add_argument("--rounds", type=int, default=8, help="rounds; each sends --frames to every server")
+    p.add_argument("--frames", type=int, default=30, help="lock-step frames per server and round")
+    p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    p.add_argument("--no-write", action="store_true")
+    p.add_argument("--note", default="", help="a sentence about the conditions, written above the table")
+    return p
+
+
+def drifting_frames(n: int = 60) -> list[bytes]:
+    """640x480 JPEGs: vs_fer's one-face scene with the face moving back and forth, 3 px per frame."""
+    from vs_fer import scene
+
+    out = []
+    for k in range(n):
+        dx = 3 * (k if k < n // 2 else n - k)
+        buf = io.BytesIO()
+        Image.fromarray(scene(((200 + dx, 120 + dx // 3, 1.0),))).save(buf, "JPEG", quality=85)
+        out.append(buf.getvalue())
+    return out
+
+
+async def lockstep(url: str, frames: list[bytes]) -> tuple[list[float], list[float], list[int]]:
+    """Client frame times, server detect times and face counts for ``frames`` sent one by one."""
+    times, detect, faces = [], [], []
+    async with connect(url, max_size=None) as ws:
+        for data in frames:
+            t0 = time.perf_counter()
+            await ws.send(data)
+            reply = json.loads(await ws.recv())
+            times.append((time.perf_counter() - t0) * 1000.0)
+            detect.append(float(reply["timing_ms"]["detect"]))
+            faces.append(len(reply["faces"]))
+    return times, detect, faces
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    from serverproc import ServerProcess
+
+    values = [int(v) for v in args.every.split(",")]
+    frames = drifting_frames()
+    load_before = os.getloadavg()
+    servers = {v: ServerProcess(env={"EMOTION_STREAM_REDETECT_EVERY": str(v)}).start() for v in values}
+    res: dict[int, dict[str, list[float]]] = {v: {"ms": [], "detect": [], "faces": []} for v in values}
+    wall = dict.fromkeys(values, 0.0)
+    try:
+        for s in servers.values():  # warm-up: one untimed round each
+            asyncio.run(lockstep(s.ws_url, frames[:10]))
+        for r in range(args.rounds):
+            for v in values if r % 2 == 0 else values[::-1]:
+                seq = [frames[(r * args.frames + i) % len(frames)] for i in range(args.frames)]
+                t0 = time.perf_counter()
+                ms, det, faces = asyncio.run(lockstep(servers[v].ws_url, seq))
+                wall[v] += time.perf_counter() - t0
+                res[v]["ms"] += ms
+                res[v]["detect"] += det
+                res[v]["faces"] += [float(f) for f in faces]
+        rss = {v: s.rss_mb() for v, s in servers.items()}
+    finally:
+        for s in servers.values():
+            s.stop()
+    return {"res": res, "wall": wall, "rss": rss, "load": (load_before, os.getloadavg())}
+
+
+def report(r: dict[str, Any], args: argparse.Namespace) -> str:
+    rows = [
+        "| redetect every | frames | median ms | p95 ms | frames/s | server detect median ms "
+        "| frames with the face | RSS MiB |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for v, d in r["res"].items():
+        n = len(d["ms"])
+        rows.append(
+            f"| {v}{' (whole frame every time)' if v <= 1 else ''} | {n} | {np.median(d['ms']):.1f} | "
+            f"{np.percentile(d['ms'], 95):.1f} | **{n / r['wall'][v]:.1f}** | {np.median(d['detect']):.1f} | "
+            f"{np.mean(np.array(d['faces']) >= 1):.0%} | {r['rss'][v]:.0f} |"
+        )
+    (b1, _, _), (a1, _, _) = r["load"]
+    return (
+        "\n".join(rows) + f"\n\n{args.rounds} rounds x {args.frames} lock-step frames per setting, settings "
+        f"alternating round by round (order reversed every other round); 1-min load average {b1:.1f} "
+        f"before, {a1:.1f} after."
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = get_args_parser().parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    r = measure(args)
+    from bench_server import machine
+
+    table = report(r, args)
+    print(table + "\n" + machine())
+    if args.no_write:
+        return
+    given = list(argv if argv is not None else sys.argv[1:])
+    if "--note" in given:
+        i = given.index("--note")
+        del given[i : i + 2]
+    cmd = ("python bench/stream_roi.py " + " ".join(given)).strip()
+    text = (
+        f"{SECTION}\n\nOne WebSocket stream in lock-step (send a 640x480 JPEG, wait for its reply, repeat), "
+        "a real `emotion-server` per `EMOTION_STREAM_REDETECT_EVERY` value, default configuration "
+        "otherwise; the face drifts 3 px per frame. Between whole-frame detections the server only runs "
+        "the detector around the previous frame's faces (`server/pipeline/roi.py`).\n\n"
+        + (f"{args.note}\n\n" if args.note else "")
+        + f"{table}\n\nMachine: {machine()}.\n\nReproduce: `{cmd}`\n"
+    )
+    write_section(args.out, SECTION, text)
+    print(f"\nwrote {SECTION!r} in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
