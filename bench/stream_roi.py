@@ -8,8 +8,9 @@ few pixels per frame (as a seated user's does), so region passes have to follow 
 
 Reports per setting: median and p95 frame time (client side, send -> reply), frames/s over the
 whole run, and the server's own median detect time. ``1`` is the whole frame every time (the
-behaviour before region passes). Writes the "## Streams: region passes (CPU)" section of
-docs/benchmarks.md unless ``--no-write``.
+behaviour before region passes). Then, in process, whether a region pass keeps faces of each
+width that a whole-frame pass found (realfaces-dev faces, as in ``bench/smallest_face.py``).
+Writes the "## Streams: region passes (CPU)" section of docs/benchmarks.md unless ``--no-write``.
 
     python bench/stream_roi.py                          # ~1.5 min
     python bench/stream_roi.py --every 1,10 --rounds 3 --no-write
@@ -41,6 +42,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--every", default="1,5,10,20", help="EMOTION_STREAM_REDETECT_EVERY values")
     p.add_argument("--rounds", type=int, default=8, help="rounds; each sends --frames to every server")
     p.add_argument("--frames", type=int, default=30, help="lock-step frames per server and round")
+    p.add_argument("--widths", default="40,48,64,100,160", help="face widths for the follow table")
+    p.add_argument("--photos", type=int, default=80, help="realfaces-dev photos for the follow table")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--note", default="", help="a sentence about the conditions, written above the table")
@@ -102,6 +105,46 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return {"res": res, "wall": wall, "rss": rss, "load": (load_before, os.getloadavg())}
 
 
+def follow_rates(widths: list[int], n_photos: int) -> tuple[list[tuple[int, int, float, float]], str]:
+    """Per face width: of the faces a whole-frame pass finds (``bench/smallest_face.py``'s pasted
+    realfaces-dev faces in 640x480 frames), the share a region pass around that box finds again,
+    and the median IoU of the two boxes. In process, the server's pipeline (default settings)."""
+    import torch
+    from smallest_face import REALFACES, iou, photos, scenes
+
+    from server.config import Settings
+    from server.pipeline.decode import DecodedImage
+    from server.pipeline.detect import SSDFaceDetector, build_detector
+    from server.pipeline.roi import RegionPlanner
+    from server.pipeline.runner import Job, build_pipeline
+
+    pipe = build_pipeline(Settings(), "cpu")
+    reference = build_detector("ssd", score_threshold=0.5, min_face_size=1)
+    assert isinstance(reference, SSDFaceDetector)
+    faces, source = photos(REALFACES, n_photos)
+    rows = []
+    for w, items in scenes(reference, faces, widths, 0.5).items():
+        found = again = 0
+        ious: list[float] = []
+        for frame, box in items:
+            image = DecodedImage(torch.from_numpy(frame).permute(2, 0, 1), 0.0)
+            whole = pipe.run([Job(image)])[0].faces
+            hit = [f for f in whole if float(iou(torch.tensor([f.box]), box).max()) >= 0.4]
+            if not hit:
+                continue
+            found += 1
+            planner = RegionPlanner(10)
+            planner.observe([hit[0].box], None)
+            regions = planner.regions(640, 480)
+            redo = pipe.run([Job(image, regions=regions)])[0].faces
+            if redo:
+                overlap = float(iou(torch.tensor([f.box for f in redo]), torch.tensor(hit[0].box)).max())
+                again += int(overlap >= 0.4)
+                ious.append(overlap)
+        rows.append((w, found, again / max(found, 1), float(np.median(ious)) if ious else float("nan")))
+    return rows, source
+
+
 def report(r: dict[str, Any], args: argparse.Namespace) -> str:
     rows = [
         "| redetect every | frames | median ms | p95 ms | frames/s | server detect median ms "
@@ -130,6 +173,17 @@ def main(argv: list[str] | None = None) -> None:
     from bench_server import machine
 
     table = report(r, args)
+    widths = [int(w) for w in args.widths.split(",")]
+    follow, source = follow_rates(widths, args.photos)
+    table += (
+        "\n\nDoes a region pass keep a face once the whole-frame pass has found it? Faces from "
+        f"{source} pasted into 640x480 frames at each width (`bench/smallest_face.py`'s scenes); of "
+        "those the whole-frame pass finds, the share the region pass around its box finds again "
+        "(IoU >= 0.4 with it), and the median IoU of the two boxes:\n\n"
+        "| face width | found whole | found again by the region pass | median IoU |\n"
+        "| ---: | ---: | ---: | ---: |\n"
+        + "\n".join(f"| {w} px | {n} | {rate:.0%} | {m:.2f} |" for w, n, rate, m in follow)
+    )
     print(table + "\n" + machine())
     if args.no_write:
         return
