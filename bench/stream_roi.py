@@ -43,6 +43,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=8, help="rounds; each sends --frames to every server")
     p.add_argument("--frames", type=int, default=30, help="lock-step frames per server and round")
     p.add_argument("--widths", default="40,48,64,100,160", help="face widths for the follow table")
+    p.add_argument("--roi-sizes", default="96,128", help="region-pass input sizes compared (square)")
     p.add_argument("--photos", type=int, default=80, help="realfaces-dev photos for the follow table")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     p.add_argument("--no-write", action="store_true")
@@ -105,30 +106,47 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return {"res": res, "wall": wall, "rss": rss, "load": (load_before, os.getloadavg())}
 
 
-def follow_rates(widths: list[int], n_photos: int) -> tuple[list[tuple[int, int, float, float]], str]:
-    """Per face width: of the faces a whole-frame pass finds (``bench/smallest_face.py``'s pasted
-    realfaces-dev faces in 640x480 frames), the share a region pass around that box finds again,
-    and the median IoU of the two boxes. In process, the server's pipeline (default settings)."""
+def follow_rates(
+    widths: list[int], n_photos: int, sizes: list[int]
+) -> tuple[dict[int, list[tuple[int, int, float, float]]], dict[int, float], str]:
+    """Per region-pass input size and face width: of the faces a whole-frame pass finds
+    (``bench/smallest_face.py``'s pasted realfaces-dev faces in 640x480 frames), the share a
+    region pass around that box finds again, and the median IoU of the two boxes; and the median
+    time of a region pass per size (sizes alternating call by call). In process, on the server's
+    pipeline (default settings) and region detectors built as the server builds its own."""
+    import time
+
     import torch
     from smallest_face import REALFACES, iou, photos, scenes
 
     from server.config import Settings
+    from server.pipeline.backend import compile_module, resolve_backend
     from server.pipeline.decode import DecodedImage
     from server.pipeline.detect import SSDFaceDetector, build_detector
-    from server.pipeline.roi import RegionPlanner
+    from server.pipeline.roi import RegionDetector, RegionPlanner
     from server.pipeline.runner import Job, build_pipeline
 
     pipe = build_pipeline(Settings(), "cpu")
+    backend = resolve_backend("auto", "cpu")
+    roi = {}
+    for size in sizes:
+        det = build_detector("ssd", input_size=(size, size))
+        assert isinstance(det, SSDFaceDetector)
+        example = det.preprocess([torch.zeros((3, size, size), dtype=torch.uint8)])
+        det.model = compile_module(det.model, example, backend)
+        roi[size] = RegionDetector(det)
     reference = build_detector("ssd", score_threshold=0.5, min_face_size=1)
     assert isinstance(reference, SSDFaceDetector)
     faces, source = photos(REALFACES, n_photos)
-    rows = []
+    rows: dict[int, list[tuple[int, int, float, float]]] = {s: [] for s in sizes}
+    times: dict[int, list[float]] = {s: [] for s in sizes}
     for w, items in scenes(reference, faces, widths, 0.5).items():
-        found = again = 0
-        ious: list[float] = []
+        found = 0
+        again = dict.fromkeys(sizes, 0)
+        ious: dict[int, list[float]] = {s: [] for s in sizes}
         for frame, box in items:
-            image = DecodedImage(torch.from_numpy(frame).permute(2, 0, 1), 0.0)
-            whole = pipe.run([Job(image)])[0].faces
+            tensor = torch.from_numpy(frame).permute(2, 0, 1)
+            whole = pipe.run([Job(DecodedImage(tensor, 0.0))])[0].faces
             hit = [f for f in whole if float(iou(torch.tensor([f.box]), box).max()) >= 0.4]
             if not hit:
                 continue
@@ -136,13 +154,19 @@ def follow_rates(widths: list[int], n_photos: int) -> tuple[list[tuple[int, int,
             planner = RegionPlanner(10)
             planner.observe([hit[0].box], None)
             regions = planner.regions(640, 480)
-            redo = pipe.run([Job(image, regions=regions)])[0].faces
-            if redo:
-                overlap = float(iou(torch.tensor([f.box for f in redo]), torch.tensor(hit[0].box)).max())
-                again += int(overlap >= 0.4)
-                ious.append(overlap)
-        rows.append((w, found, again / max(found, 1), float(np.median(ious)) if ious else float("nan")))
-    return rows, source
+            assert regions is not None
+            for size, detector in roi.items():
+                t0 = time.perf_counter()
+                redo = detector.detect([tensor], [regions], 0.5, 10)[0]
+                times[size].append((time.perf_counter() - t0) * 1000.0)
+                if len(redo):
+                    overlap = float(iou(redo.boxes, torch.tensor(hit[0].box)).max())
+                    again[size] += int(overlap >= 0.4)
+                    ious[size].append(overlap)
+        for size in sizes:
+            m = float(np.median(ious[size])) if ious[size] else float("nan")
+            rows[size].append((w, found, again[size] / max(found, 1), m))
+    return rows, {s: float(np.median(t)) for s, t in times.items()}, source
 
 
 def report(r: dict[str, Any], args: argparse.Namespace) -> str:
@@ -174,16 +198,28 @@ def main(argv: list[str] | None = None) -> None:
 
     table = report(r, args)
     widths = [int(w) for w in args.widths.split(",")]
-    follow, source = follow_rates(widths, args.photos)
+    sizes = [int(v) for v in args.roi_sizes.split(",")]
+    follow, pass_ms, source = follow_rates(widths, args.photos, sizes)
+    from server.pipeline.roi import ROI_INPUT
+
     table += (
         "\n\nDoes a region pass keep a face once the whole-frame pass has found it? Faces from "
         f"{source} pasted into 640x480 frames at each width (`bench/smallest_face.py`'s scenes); of "
         "those the whole-frame pass finds, the share the region pass around its box finds again "
-        "(IoU >= 0.4 with it), and the median IoU of the two boxes:\n\n"
-        "| face width | found whole | found again by the region pass | median IoU |\n"
-        "| ---: | ---: | ---: | ---: |\n"
-        + "\n".join(f"| {w} px | {n} | {rate:.0%} | {m:.2f} |" for w, n, rate, m in follow)
+        "(IoU >= 0.4 with it) and the median IoU of the two boxes, per region-pass input size (the "
+        f"server uses {ROI_INPUT[0]}x{ROI_INPUT[1]}); last row: median ms per region pass (one face), "
+        "sizes alternating:\n\n"
+        "| face width | found whole | "
+        + " | ".join(f"kept at {v}x{v} (median IoU)" for v in sizes)
+        + " |\n| ---: | ---: |"
+        + " ---: |" * len(sizes)
+        + "\n"
     )
+    for k, w in enumerate(widths):
+        found = follow[sizes[0]][k][1]
+        cells = " | ".join(f"{follow[v][k][2]:.0%} ({follow[v][k][3]:.2f})" for v in sizes)
+        table += f"| {w} px | {found} | {cells} |\n"
+    table += "| ms per region pass | | " + " | ".join(f"{pass_ms[v]:.1f}" for v in sizes) + " |"
     print(table + "\n" + machine())
     if args.no_write:
         return

@@ -3,7 +3,7 @@
 Why: on the CPU the SSD over a whole 640x480 frame at its 300x300 input is most of a stream
 frame's cost (docs/benchmarks.md, "Where the time goes (CPU)"). Between two webcam frames a
 face moves a few pixels, so the next frame only needs the detector around where the faces were:
-a square of ``CONTEXT`` times the face's side, run at ``ROI_INPUT`` (about a fifth of the
+a square of ``CONTEXT`` times the face's side, run at ``ROI_INPUT`` (a tenth of the
 pixels of the full input), all regions of all streams in one detector batch.
 
 What that costs: a face that *enters* the frame is only looked for at the next whole-frame
@@ -23,9 +23,11 @@ from torchvision.ops import nms
 from server.pipeline.types import Detections, FaceDetector
 
 #: Detector input (width, height) for one region. A region is ``CONTEXT`` face sides wide, so the
-#: face is ~50 px there: well inside what the SSD finds reliably (>= 48 px faces in a 640-wide
-#: frame are ~23 px at its 300x300 input), whatever the face's size in the frame.
-ROI_INPUT = (128, 128)
+#: face is ~38 px there, whatever its size in the frame: well inside what the SSD finds reliably
+#: (a 48 px face in a 640-wide frame is ~23 px at its 300x300 input). Measured against 128x128
+#: (docs/benchmarks.md, "Streams: region passes"): 3.3 vs 4.5 ms per region pass, and the same
+#: share (97-100%) of faces 40-160 px wide kept by region passes.
+ROI_INPUT = (96, 96)
 #: Region side in units of the face box's longer side: room for the face to move between frames.
 CONTEXT = 2.5
 #: Overlap above which two faces found in overlapping regions are the same face (the SSD's own).
