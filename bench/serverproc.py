@@ -61,8 +61,12 @@ class ServerProcess:
         port: int | None = None,
         log_path: Path | None = None,
         device: str = "cpu",
+        repo: Path | None = None,
     ) -> None:
+        """``repo``: the source tree to run the server from (default this checkout), e.g. an
+        exported older revision for a before/after comparison."""
         self.port = port or free_port()
+        self.repo = repo or REPO
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/v1/stream"
         self.env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "EMOTION_LOG_LEVEL": "warning", **(env or {})}
@@ -82,7 +86,7 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "server.cli", "--host", "127.0.0.1", "--port", str(self.port)]
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [*cmd, "--device", self.device], cwd=REPO, env=self.env, stdout=self._log, stderr=self._log
+            [*cmd, "--device", self.device], cwd=self.repo, env=self.env, stdout=self._log, stderr=self._log
         )
         self.starts += 1
         self.wait_ready(timeout)
