@@ -8,6 +8,7 @@ all alike: ``bench/vs_fer.py``'s frames (one face, three faces, no face). Prints
 ratio to the first revision and each server's own median stage timings.
 
     python bench/ab_revisions.py --rev before=HEAD~3 --rev after=.
+    python bench/ab_revisions.py --rev a=. --rev b=. --env-for b:EMOTION_STREAM_REDETECT_EVERY=1
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=40, help="timed requests per frame and server")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--env", action="append", default=[], help="EMOTION_X=Y for every server")
+    p.add_argument(
+        "--env-for", action="append", default=[], help="NAME:EMOTION_X=Y for one server (same revision twice)"
+    )
     return p
 
 
@@ -41,6 +45,7 @@ def export(rev: str, into: Path) -> Path:
     """The tree of ``rev`` in ``into`` (``.``: this checkout itself)."""
     if rev == ".":
         return REPO
+    into.mkdir(parents=True, exist_ok=True)
     archive = into / "tree.tar"
     with archive.open("wb") as f:
         subprocess.run(["git", "-C", str(REPO), "archive", rev], stdout=f, check=True)
@@ -67,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
         try:
             for name, rev in revs.items():
                 tree = export(rev, Path(tmp) / name) if rev != "." else REPO
-                servers[name] = ServerProcess(env=env, repo=tree).start()
+                own = dict(e.split(":", 1)[1].split("=", 1) for e in args.env_for if e.startswith(name + ":"))
+                servers[name] = ServerProcess(env={**env, **own}, repo=tree).start()
             clients = {n: httpx.Client(base_url=s.url, timeout=60) for n, s in servers.items()}
             headers = {"content-type": "image/jpeg"}
             for i in range(args.warmup + args.iters):
