@@ -245,3 +245,47 @@ class ImageDirSource(Source):
     def rewind(self) -> bool:
         self._it = iter(self._paths)
         return True
+
+
+class VideoFileFrames:
+    """`batch.VideoFrames` read by PyAV: the video job (`predict clip.mp4`, `stream --video`) without
+    OpenCV. Every frame is decoded (inter-coded video needs its predecessors); every `every`-th is
+    kept, with its index in the file and its own timestamp."""
+
+    def __init__(self, path: Path, every: int = 1) -> None:
+        self.path, self.every = path, max(1, every)
+        try:
+            self._container = av.open(str(path))
+            self._stream = self._container.streams.video[0]
+        except (av.FFmpegError, OSError, IndexError) as exc:
+            if hasattr(self, "_container"):
+                self._container.close()
+            raise OSError(f"cannot decode video {path} ({exc})") from exc
+        self._stream.thread_type = "AUTO"
+        count = self._stream.frames
+        self.total = -(-count // self.every) if count > 0 else None
+        rate = self._stream.average_rate or self._stream.guessed_rate
+        self._fps = float(rate) if rate else 25.0
+        self._encoder: JpegEncoder | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        from client.batch import VideoFrame
+
+        try:
+            for index, frame in enumerate(self._container.decode(self._stream)):
+                if index % self.every:
+                    continue
+                ts_ms = frame.time * 1000.0 if frame.time is not None else index * 1000.0 / self._fps
+                yield VideoFrame(index, ts_ms, rgb_image(frame), frame)
+        except av.FFmpegError:  # a damaged tail ends the video, as OpenCV's reader does
+            return
+        finally:
+            self._container.close()
+
+    def jpeg(self, frame: Any, quality: int) -> bytes | None:
+        if self._encoder is None or self._encoder.qscale != qscale_for(quality):
+            self._encoder = JpegEncoder(quality)
+        try:
+            return self._encoder.encode(frame.source)
+        except (av.FFmpegError, CaptureError):
+            return None

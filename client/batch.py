@@ -111,9 +111,7 @@ def require_cv2() -> Any:
     try:
         import cv2
     except ImportError as exc:
-        raise UsageError(
-            "video files and annotated images need OpenCV: pip install 'emotion-service[camera]'"
-        ) from exc
+        raise UsageError("annotated images need OpenCV: pip install 'emotion-service[camera]'") from exc
     return cv2
 
 
@@ -121,11 +119,39 @@ def require_cv2() -> Any:
 class VideoFrame:
     index: int
     ts_ms: float
-    image: Any  # BGR uint8 array
+    image: Any  # BGR uint8 array (OpenCV) or picture.RgbImage (PyAV): what a window shows
+    source: Any = None  # PyAV: the decoded frame, encoded from directly
 
 
-class VideoFrames:
+class VideoFrames(Protocol):
     """Every `every`-th frame of a video file with its index and its own timestamp (not wall clock)."""
+
+    path: Path
+    total: int | None  # frames that will be yielded, when the container says
+
+    def __iter__(self) -> Iterator[VideoFrame]: ...
+
+    def jpeg(self, frame: VideoFrame, quality: int) -> bytes | None:
+        """The frame as a JPEG to send; None if encoding failed."""
+        ...
+
+
+def open_video(path: Path, every: int = 1) -> VideoFrames:
+    """OpenCV's reader when it is installed (the camera extra, and the server's), else PyAV's (webcam);
+    OSError for a file neither can decode, UsageError when neither is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("cv2") is not None:
+        return CvVideoFrames(path, every)
+    if importlib.util.find_spec("av") is not None:
+        from client.av_capture import VideoFileFrames
+
+        return VideoFileFrames(path, every)
+    raise UsageError("video files need PyAV or OpenCV: pip install 'emotion-service[webcam]' (or '[camera]')")
+
+
+class CvVideoFrames:
+    """`VideoFrames` read by OpenCV, as BGR arrays."""
 
     def __init__(self, path: Path, every: int = 1) -> None:
         cv2 = self.cv2 = require_cv2()
@@ -152,6 +178,10 @@ class VideoFrames:
                 index += 1
         finally:
             cap.release()
+
+    def jpeg(self, frame: VideoFrame, quality: int) -> bytes | None:
+        ok, buf = self.cv2.imencode(".jpg", frame.image, [self.cv2.IMWRITE_JPEG_QUALITY, quality])
+        return buf.tobytes() if ok else None
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -335,21 +365,20 @@ class RemoteBackend:
         return 1.0 / (fps * 0.9)
 
     def video(self, path: Path, frames: VideoFrames) -> Generator[tuple[VideoFrame, Record], None, None]:
-        cv2 = frames.cv2
         interval = self._frame_interval()
         stream = LockstepStream(self.server, self.api_key, self.options.control())
         try:
             last = 0.0
             for frame in frames:
-                ok, buf = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
-                if not ok:
+                jpeg = frames.jpeg(frame, self.quality)
+                if jpeg is None:
                     yield frame, failed(str(path), "encode_failed", "JPEG encoding failed", frame=frame.index)
                     continue
                 wait = last + interval - time.monotonic()
                 if wait > 0:
                     time.sleep(wait)
                 last = time.monotonic()
-                result = stream.ask(buf.tobytes())
+                result = stream.ask(jpeg)
                 reply = PredictResponse(
                     faces=result.faces, image=result.image, model=stream.model, timing_ms=result.timing_ms
                 )
@@ -625,7 +654,7 @@ def run_job(
     opened: list[tuple[Path, VideoFrames | None, str | None]] = []
     for v in videos:
         try:
-            opened.append((v, VideoFrames(v, every), None))
+            opened.append((v, open_video(v, every), None))
         except OSError as exc:
             opened.append((v, None, str(exc)))
     totals = [len(images)] + [f.total for _, f, _ in opened if f is not None]

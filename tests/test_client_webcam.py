@@ -175,6 +175,21 @@ def test_lean_stream_of_a_pyav_video_reaches_the_server_and_prints_json_lines(
 
 
 @pytest.mark.slow
+def test_lean_video_job_answers_every_frame_with_its_index_and_timestamp(
+    server: LiveServer, tmp_path: Path, astronaut: np.ndarray
+) -> None:
+    """`stream --video FILE` without --loop is the video job; the lean install reads it with PyAV."""
+    video = write_video(tmp_path / "face.mp4", astronaut, "mpeg4")
+    code, out, err = run_lean("stream", "--server", server.url, "--video", str(video), "--no-display")
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [rec["frame"] for rec in lines] == list(range(FRAMES))
+    assert [rec["ts_ms"] for rec in lines] == pytest.approx([100.0 * i for i in range(FRAMES)], abs=1.0)
+    assert sum(bool(rec["faces"]) for rec in lines) >= FRAMES // 2
+    assert f"1 video(s) with {FRAMES} frame(s)" in err
+
+
+@pytest.mark.slow
 def test_lean_stream_reconnects_after_a_server_restart(
     tiny_checkpoint: Path, mjpeg_video: Path, tmp_path: Path
 ) -> None:
