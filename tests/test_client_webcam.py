@@ -248,6 +248,7 @@ def test_lean_stream_errors_are_one_line_with_what_to_do(mjpeg_video: Path) -> N
 @pytest.fixture(scope="module")
 def x_display() -> Iterator[str]:
     """A private Xvfb display; skip when Xvfb is not installed."""
+    pytest.importorskip("tkinter", reason="no tkinter in this Python (Debian/Ubuntu: apt install python3-tk)")
     xvfb = shutil.which("Xvfb")
     if xvfb is None:
         pytest.skip("Xvfb not installed (apt install xvfb)")
