@@ -9,9 +9,11 @@ event loop's: the render task calls `show`/`poll`, and `poll` pumps Tk's events 
 from __future__ import annotations
 
 import contextlib
+import struct
 import sys
 import tkinter
 import tkinter.font
+import zlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,6 +31,17 @@ def _hex(color: RGB) -> str:
     return "#{:02x}{:02x}{:02x}".format(*color)
 
 
+def _png_pixel(r: int, g: int, b: int, a: int) -> bytes:
+    """A 1x1 RGBA PNG: Tk composites a photo's alpha over the canvas, the one translucency it has."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 6, 0, 0, 0)  # 1x1, 8 bits, RGBA
+    idat = zlib.compress(b"\x00" + bytes((r, g, b, a)))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
 class TkViewer:
     def __init__(self, title: str = WINDOW) -> None:
         try:
@@ -43,6 +56,8 @@ class TkViewer:
         self._photo: tkinter.PhotoImage | None = None
         self._image_item = self.canvas.create_image(0, 0, anchor="nw")
         self._fonts: dict[int, tkinter.font.Font] = {}
+        self._shades: dict[int, tkinter.PhotoImage] = {}  # 1x1 translucent black, by alpha
+        self._panels: list[tkinter.PhotoImage] = []  # this frame's panels: Tk drops unreferenced images
         self._open = True
         self._warned_emoji = False
 
@@ -82,6 +97,7 @@ class TkViewer:
         else:
             self._photo.configure(data=ppm, format="ppm")
         self.canvas.delete(OVERLAY)
+        self._panels.clear()
         for shape in overlay_shapes(faces, w, h, self.measure, stats):
             self._draw(shape)
         return self.poll()
@@ -92,11 +108,17 @@ class TkViewer:
             font = self._font(s.scale)  # anchor "sw" is the bottom of the descent; Text.y is the baseline
             y = s.y + font.metrics("descent")
             c.create_text(s.x, y, text=s.text, anchor="sw", fill=_hex(s.color), font=font, tags=OVERLAY)
-        elif s.shade:  # Tk has no alpha: a 50% stipple reads as a translucent panel (solid where
-            # the platform ignores stipples, as macOS does; the text on it stays readable either way)
-            c.create_rectangle(
-                s.x0, s.y0, s.x1, s.y1, fill="black", outline="", stipple="gray50", tags=OVERLAY
-            )
+        elif s.shade:  # darken what lies beneath: a translucent black image the panel's size
+            w, h = s.x1 - s.x0, s.y1 - s.y0
+            if w > 0 and h > 0:
+                alpha = round(255 * s.shade)
+                if alpha not in self._shades:
+                    self._shades[alpha] = tkinter.PhotoImage(
+                        master=self.root, data=_png_pixel(0, 0, 0, alpha), format="png"
+                    )
+                panel = self._shades[alpha].zoom(w, h)
+                self._panels.append(panel)
+                c.create_image(s.x0, s.y0, image=panel, anchor="nw", tags=OVERLAY)
         elif s.fill is not None:
             c.create_rectangle(s.x0, s.y0, s.x1 + 1, s.y1 + 1, fill=_hex(s.fill), outline="", tags=OVERLAY)
         elif s.outline is not None:

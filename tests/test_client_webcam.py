@@ -306,10 +306,16 @@ def test_tk_window_shows_the_frame_and_draws_the_overlay(
         box = next(i for i in items if canvas.type(i) == "rectangle" and canvas.itemcget(i, "outline"))
         assert canvas.coords(box) == [200.0, 60.0, 350.0, 230.0]
         assert canvas.itemcget(box, "outline") == "#{:02x}{:02x}{:02x}".format(*rgb("happy"))
-        bars = [i for i in items if canvas.itemcget(i, "fill") == "#{:02x}{:02x}{:02x}".format(*rgb("happy"))]
+        rects = [i for i in items if canvas.type(i) == "rectangle"]
+        bars = [i for i in rects if canvas.itemcget(i, "fill") == "#{:02x}{:02x}{:02x}".format(*rgb("happy"))]
         happy_bar = canvas.coords(bars[-1])
-        trough = canvas.coords([i for i in items if canvas.itemcget(i, "fill") == "#464646"][3])
+        trough = canvas.coords([i for i in rects if canvas.itemcget(i, "fill") == "#464646"][3])
         assert (happy_bar[2] - happy_bar[0]) == pytest.approx(0.81 * (trough[2] - trough[0]), abs=2)
+        panels = [i for i in items if canvas.type(i) == "image"]  # translucent: bars and HUD backgrounds
+        assert len(panels) == 2 and canvas.coords(panels[0]) == [356.0, 60.0]  # right of the box
+        name = canvas.itemcget(panels[0], "image")
+        size = (int(canvas.tk.call("image", "width", name)), int(canvas.tk.call("image", "height", name)))
+        assert size[0] > trough[2] - 356 and size[1] > 7 * (trough[3] - trough[1])
         # the next frame replaces the overlay instead of piling up
         assert viewer.show(picture, [], None)
         assert canvas.find_withtag("overlay") == ()
