@@ -136,18 +136,16 @@ class VideoFrames(Protocol):
         ...
 
 
-def open_video(path: Path, every: int = 1) -> VideoFrames:
-    """OpenCV's reader when it is installed (the camera extra, and the server's), else PyAV's (webcam);
-    OSError for a file neither can decode, UsageError when neither is installed."""
-    import importlib.util
+def open_video(path: Path, every: int = 1, capture: str = "auto") -> VideoFrames:
+    """OpenCV's reader when it is installed (the camera extra, and the server's), else PyAV's (webcam),
+    or the one `capture` names; OSError for a file it cannot decode, UsageError when none is installed."""
+    from client.capture import capture_backend
 
-    if importlib.util.find_spec("cv2") is not None:
+    if capture_backend(capture) == "opencv":
         return CvVideoFrames(path, every)
-    if importlib.util.find_spec("av") is not None:
-        from client.av_capture import VideoFileFrames
+    from client.av_capture import VideoFileFrames
 
-        return VideoFileFrames(path, every)
-    raise UsageError("video files need PyAV or OpenCV: pip install 'emotion-service[webcam]' (or '[camera]')")
+    return VideoFileFrames(path, every)
 
 
 class CvVideoFrames:
@@ -624,7 +622,7 @@ def _progress(total: int | None, unit: str, enabled: bool | None) -> Any:
     return tqdm(total=total, unit=unit, disable=(None if enabled is None else not enabled), file=sys.stderr)
 
 
-FrameHook = Callable[[Any, Record], bool]  # (BGR frame, record) -> False to stop
+FrameHook = Callable[[Any, Record], bool]  # (picture, record) -> False to stop
 
 
 def run_job(
@@ -637,12 +635,14 @@ def run_job(
     plot: Callable[[Path, Path], Path | None] | None = None,
     progress: bool | None = None,
     on_frame: FrameHook | None = None,
+    capture: str = "auto",
 ) -> Summary:
     """Process `paths` (files; see :func:`expand`), writing every record as it comes; never raises for
     a bad file, only for a server that is gone (:class:`ServerUnavailable`) or refuses the key.
 
     `plot(video, session_jsonl)` draws a video's timeline and returns where it wrote it;
-    `on_frame(bgr, record)` sees every processed video frame (a live window) and may stop the job.
+    `on_frame(picture, record)` sees every processed video frame (a live window) and may stop the job;
+    `capture` picks the video reader (`client.capture.capture_backend`).
     """
     files = expand(paths)
     if not files:
@@ -654,7 +654,7 @@ def run_job(
     opened: list[tuple[Path, VideoFrames | None, str | None]] = []
     for v in videos:
         try:
-            opened.append((v, open_video(v, every), None))
+            opened.append((v, open_video(v, every, capture), None))
         except OSError as exc:
             opened.append((v, None, str(exc)))
     totals = [len(images)] + [f.total for _, f, _ in opened if f is not None]

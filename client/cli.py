@@ -301,6 +301,7 @@ def cmd_stream_video(args: argparse.Namespace) -> int:
                 every=args.every,
                 progress=args.progress,
                 on_frame=on_frame if (viewer is not None or args.record is not None) else None,
+                capture=args.capture,
             )
     finally:
         backend.close()

@@ -234,6 +234,8 @@ def test_lean_stream_errors_are_one_line_with_what_to_do(mjpeg_video: Path) -> N
         "stream", "--video", str(mjpeg_video), "--loop", "--no-display", "--record", "x.avi"
     )
     assert code == 2 and "--record needs OpenCV" in err, err
+    code, _, err = run_lean("stream", "--capture", "opencv", "--video", str(mjpeg_video), "--no-display")
+    assert code == 2 and "needs OpenCV" in err, err
     no_av = LEAN.replace("numpy=None", "numpy=None, av=None")
     proc = subprocess.run(
         [sys.executable, "-c", no_av, "stream", "--no-display"], capture_output=True, text=True, timeout=60
