@@ -85,9 +85,14 @@ class FaceOptions(BaseModel):
     value its last control message set."""
 
     max_faces: int | None = Field(
-        default=None, ge=1, le=100, description="At most this many faces (most confident)."
+        default=None,
+        ge=1,
+        le=100,
+        description="At most this many faces (the most confident); default and cap: EMOTION_MAX_FACES.",
     )
-    min_confidence: float | None = Field(default=None, ge=0.0, le=1.0, description="Minimum detector score.")
+    min_confidence: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Minimum detector score; default: EMOTION_SCORE_THRESHOLD."
+    )
     detect: bool | None = Field(
         default=None, description="false: the whole image is one face (already cropped); default true."
     )

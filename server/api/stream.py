@@ -200,11 +200,11 @@ class StreamSession:
         if isinstance(exc, WebSocketDisconnect | OSError):
             return None  # the client left
         closed = exc if isinstance(exc, StreamClosed) else StreamClosed.for_error(exc)
+        label = f"ws_{closed.code}"
         if not isinstance(exc, StreamClosed) and spec_for(exc) is INTERNAL:
             log.error("stream failed", exc_info=exc)
-            self.runtime.metrics.errors.labels(code=INTERNAL.code).inc()
-        else:
-            self.runtime.metrics.errors.labels(code=f"ws_{closed.code}").inc()
+            label = INTERNAL.code  # a bug counts as one, whichever surface it hit
+        self.runtime.metrics.errors.labels(code=label).inc()
         return closed.code, closed.reason
 
     async def close(self, code: int, reason: str) -> None:
@@ -317,7 +317,7 @@ class StreamSession:
         except DecodeError as exc:
             raise StreamClosed.for_error(exc, f"frame {frame.index}: {client_message(exc)}") from exc
         except BatcherFull:
-            self._drop("overload")  # load shedding: the stream carries on (others are closed by the table)
+            self._drop("overload")  # load shedding, not a failure: the frame is dropped, the stream goes on
             return
         ids = self.tracker.update(np.array([f.box for f in result.faces], dtype=np.float64).reshape(-1, 4))
         tracks = [
