@@ -110,11 +110,11 @@ class _AvSource(Source):
         self._lazy = self._stream.codec_context.name in _INTRA_ONLY
         self._mjpeg = self._stream.codec_context.name == "mjpeg"
         self._packets: Iterator[Any] = container.demux(self._stream)
-        self._decoded: collections.deque[av.VideoFrame] = collections.deque()
+        self._ahead: collections.deque[Any] = collections.deque()  # raw frames read but not yet returned
         self._encoder: JpegEncoder | None = None
 
     def read(self) -> Any | None:
-        while not self._decoded:
+        while not self._ahead:
             packet = next(self._packets, None)
             if packet is None:
                 return None
@@ -122,8 +122,8 @@ class _AvSource(Source):
                 if packet.size:
                     return packet
                 continue
-            self._decoded.extend(self._stream.codec_context.decode(packet))  # size 0: flush at the end
-        return self._decoded.popleft()
+            self._ahead.extend(self._stream.codec_context.decode(packet))  # size 0: flush at the end
+        return self._ahead.popleft()
 
     def prepare(self, raw: Any, width: int | None, quality: int, picture: bool) -> tuple[Any, bytes]:
         if self._encoder is None or self._encoder.qscale != qscale_for(quality):
@@ -150,7 +150,7 @@ class _AvSource(Source):
         except av.FFmpegError:
             return False
         self._packets = self._container.demux(self._stream)
-        self._decoded.clear()
+        self._ahead.clear()
         return True
 
     def close(self) -> None:
@@ -198,6 +198,13 @@ class CameraSource(_AvSource):
                 "(try another --camera N, or --video FILE / --images DIR)"
             ) from error
         super().__init__(container, f"camera {camera}")
+        first = self.read()
+        if first is None:
+            self.close()
+            raise CaptureError(
+                f"camera {camera} opened but returned no frame (is it in use or covered by a driver?)"
+            )
+        self._ahead.append(first)
 
 
 class VideoSource(_AvSource):

@@ -9,6 +9,7 @@ started, and those tests skip otherwise (`apt install xvfb`).
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import shutil
@@ -150,6 +151,39 @@ def test_capture_thread_drives_the_pyav_source(tmp_path: Path, astronaut: np.nda
         return got
 
     assert asyncio.run(run()) == [(256, 256)]
+
+
+def test_live_camera_source_is_drained_and_paced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live FFmpeg input through CameraSource and the capture thread: FFmpeg's lavfi test source
+    stands in for the v4l2 / avfoundation / dshow device (no camera here); only the device name is
+    substituted, the opening, first-frame check, draining and encoding are the real ones."""
+    import asyncio
+
+    from client import av_capture
+
+    monkeypatch.setattr(
+        av_capture, "_camera_input", lambda camera: ("lavfi", "testsrc2=size=640x480:rate=30", [{}])
+    )
+    source = av_capture.CameraSource(0)
+    assert source.live and source.native_fps == pytest.approx(30)
+
+    async def run() -> list[Any]:
+        slot = LatestFrame()
+        slot.bind(asyncio.get_running_loop())
+        capture = CaptureThread(source, slot, fps=5, width=320, quality=80, pictures=False)
+        capture.start()
+        frames = []
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            frames.append(await asyncio.wait_for(slot.take(), 2))
+        capture.stop()
+        capture.join(2)
+        return frames
+
+    frames = asyncio.run(run())
+    assert all(decoded_size(f.jpeg) == (320, 240) and f.image is None for f in frames)
+    gaps = [b.captured - a.captured for a, b in itertools.pairwise(frames)]
+    assert 5 <= len(frames) <= 10 and min(gaps) > 0.1, gaps  # paced at --fps 5, not the source's 30
 
 
 # --- the stream command, lean -------------------------------------------------------------------
