@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from server.pipeline.detect.caffe import default_cache_dir
+from server.config import default_cache_dir
 
 log = logging.getLogger(__name__)
 #: Bump when what is cached changes meaning (the wrapper, the conversion options).
@@ -194,8 +194,8 @@ def compile_module(
 ) -> Any:
     """``module`` itself for the torch backend, else its OpenVINO build (same call, same outputs).
 
-    ``cache_dir``: where converted models are kept (default ``$EMOTION_CACHE_DIR`` or
-    ``~/.cache/emotion-service``, shared with the detector's converted weights)."""
+    ``cache_dir``: where converted models are kept (the server passes ``Settings.cache_dir``,
+    shared with the detector's converted weights; default :func:`~server.config.default_cache_dir`)."""
     if backend == "torch":
         return module
     if backend != "openvino":
