@@ -28,6 +28,7 @@ from docsection import write_section  # bench/ is on sys.path when run as a scri
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from server.config import Settings  # noqa: E402
 from server.pipeline.backend import compile_module, resolve_backend  # noqa: E402
 from server.pipeline.detect import DetectorOptions, SSDFaceDetector, build_detector  # noqa: E402
 
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         assert isinstance(det, SSDFaceDetector)
         example = det.preprocess([torch.zeros((3, size[1], size[0]), dtype=torch.uint8)])
-        det.model = compile_module(det.model, example, backend)
+        det.model = compile_module(det.model, example, backend, cache_dir=Settings().cache_dir)
         rates = []
         for w in widths:
             found = 0
