@@ -6,6 +6,8 @@ pair is either inside a convolution's weights or a :class:`ChannelAffine`.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -114,8 +116,9 @@ class Res10SSD(nn.Module):
         x, _ = self.block512(x)
         feats = [c4, F.relu(self.last_affine(x))]
         for i in (6, 7, 8, 9):
-            conv = self.extra[f"conv{i}_2"]
-            if min(feats[-1].shape[-2:]) + 2 * conv.padding[0] < conv.kernel_size[0]:
+            conv = cast(nn.Conv2d, self.extra[f"conv{i}_2"])
+            pad = cast(tuple[int, int], conv.padding)[0]  # _conv pads by a number, never "same"
+            if min(feats[-1].shape[-2:]) + 2 * pad < conv.kernel_size[0]:
                 # Unpadded tail on a small input: the map is empty, and so are its priors.
                 feats.append(x.new_zeros((x.shape[0], conv.out_channels, 0, 0)))
                 continue
