@@ -79,6 +79,21 @@ class FaceDataset:
         return h.hexdigest()[:16]
 
 
+def concat(parts: list[FaceDataset]) -> FaceDataset:
+    """One dataset of several (e.g. FER2013's train split and photo crops), in the given order."""
+    skipped: dict[str, dict[str, int]] = {}
+    for part in parts:
+        for split, counts in part.skipped.items():
+            for cls, n in counts.items():
+                skipped.setdefault(split, {})[cls] = skipped.get(split, {}).get(cls, 0) + n
+    return FaceDataset(
+        np.concatenate([p.images for p in parts]),
+        np.concatenate([p.labels for p in parts]),
+        np.concatenate([p.splits for p in parts]),
+        skipped,
+    )
+
+
 def _to_gray(data: bytes | Image.Image, size: int) -> np.ndarray:
     img = data if isinstance(data, Image.Image) else Image.open(io.BytesIO(data))
     img = img.convert("L")

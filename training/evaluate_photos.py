@@ -89,7 +89,7 @@ def _decode(photo: Photo, max_pixels: int) -> DecodedImage | None:
         return None
 
 
-def _batches(
+def decoded_batches(
     photos: Sequence[Photo], size: int, max_pixels: int, threads: int
 ) -> Iterator[list[tuple[Photo, DecodedImage | None]]]:
     """Decoded photos in batches, decoding the next batch while the caller runs this one."""
@@ -138,7 +138,7 @@ def evaluate_photos(
     grid_correct = np.zeros(len(framings), dtype=np.int64)
     per_photo: list[dict[str, Any]] = []
     bar = tqdm(total=len(scored), unit="photo", disable=not progress, desc="photos")
-    for batch in _batches(scored, batch_size, max_pixels, decode_threads):
+    for batch in decoded_batches(scored, batch_size, max_pixels, decode_threads):
         good = [(p, img) for p, img in batch if img is not None]
         undecodable += [str(p.path) for p, img in batch if img is None]
         results: list[JobResult] = pipeline.run([Job(img, options) for _, img in good]) if good else []
