@@ -27,9 +27,9 @@ from pydantic import ValidationError
 
 from server.app import create_app
 from server.config import Settings
+from server.connection_limits import AbortingWebSocketProtocol, bounded_head_protocol
 from server.logs import install_redaction, route_warnings_to_log
 from server.pipeline.detect.options import DETECTORS
-from server.protocols import AbortingWebSocketProtocol, bounded_head_protocol
 from server.runtime import Runtime, load_analyzer
 
 #: Extra room over the frame limit so the app, not uvicorn, rejects big frames (with a reason).

@@ -109,6 +109,7 @@ def test_flip_tta_averages_the_mirror_image(astronaut: np.ndarray) -> None:
 @pytest.mark.parametrize("backend", ["torch", "auto"])
 def test_pipeline_with_flip_tta(backend: str, astronaut: np.ndarray, tiny_checkpoint: Path) -> None:
     """The server's pipeline builder honours the backend and flip TTA settings end to end."""
+    from server.api.options import default_options
     from server.config import Settings
     from server.pipeline.decode import DecodedImage
     from server.pipeline.runner import Job, build_pipeline
@@ -119,5 +120,5 @@ def test_pipeline_with_flip_tta(backend: str, astronaut: np.ndarray, tiny_checkp
     assert isinstance(pipe.detector, SSDFaceDetector)
     expect_ov = resolve_backend(backend, "cpu") == "openvino"
     assert isinstance(pipe.detector.model, torch.nn.Module) is not expect_ov
-    result = pipe.run([Job(DecodedImage(chw(astronaut), 0.0))])[0]
+    result = pipe.run([Job(DecodedImage(chw(astronaut), 0.0), default_options(settings))])[0]
     assert len(result.faces) == 1 and abs(float(result.faces[0].probs.sum()) - 1.0) < 1e-4
