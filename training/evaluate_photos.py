@@ -78,13 +78,7 @@ def build_server_pipeline(
         from server.pipeline.detect import SSDFaceDetector, locate_weights
 
         pipeline.detector = SSDFaceDetector(
-            locate_weights(),
-            device,
-            cfg.score_threshold,
-            cfg.max_faces,
-            cfg.min_face_size,
-            cfg.detector_input_size,
-            layout=detector_layout,
+            locate_weights(), cfg.detector_options(), device, cfg.cache_dir, layout=detector_layout
         )
     return pipeline, cfg
 

@@ -184,20 +184,21 @@ def build_pipeline(settings: Settings, device: str) -> Pipeline:
         threads=settings.torch_threads,
         precision=settings.cpu_precision,
         flip_tta=settings.flip_tta,
+        cache_dir=settings.cache_dir,
     )
     detector = build_detector(
-        settings.detector,
-        device=device,
-        score_threshold=settings.score_threshold,
-        max_faces=settings.max_faces,
-        min_face_size=settings.min_face_size,
-        input_size=settings.detector_input_size,
+        settings.detector, settings.detector_options(), device, cache_dir=settings.cache_dir
     )
     if isinstance(detector, SSDFaceDetector):
         w, h = detector.input_size
         example = detector.preprocess([torch.zeros((3, h, w), dtype=torch.uint8)])
         detector.model = compile_module(
-            detector.model, example, backend, settings.torch_threads, settings.cpu_precision
+            detector.model,
+            example,
+            backend,
+            settings.torch_threads,
+            settings.cpu_precision,
+            settings.cache_dir,
         )
     return Pipeline(classifier, detector, device)
 
