@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from server.pipeline.backend import _flatten, _TensorOutputs  # noqa: E402
-from server.pipeline.detect import SSDFaceDetector, build_detector  # noqa: E402
+from server.pipeline.detect import DetectorOptions, SSDFaceDetector, build_detector  # noqa: E402
 
 LATENCY = {"PERFORMANCE_HINT": "LATENCY"}
 OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     import openvino as ov
 
     args = get_args_parser().parse_args(argv)
-    det = build_detector("ssd", score_threshold=0.5, min_face_size=1)
+    det = build_detector("ssd", DetectorOptions(score_threshold=0.5, min_face_size=1))
     assert isinstance(det, SSDFaceDetector)
     example = det.preprocess([torch.zeros((3, 300, 300), dtype=torch.uint8)]).contiguous()
     with torch.inference_mode():

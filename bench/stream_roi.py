@@ -140,7 +140,7 @@ def follow_rates(
     from server.config import Settings
     from server.pipeline.backend import compile_module, resolve_backend
     from server.pipeline.decode import DecodedImage
-    from server.pipeline.detect import SSDFaceDetector, build_detector
+    from server.pipeline.detect import DetectorOptions, SSDFaceDetector, build_detector
     from server.pipeline.roi import RegionDetector, RegionPlanner
     from server.pipeline.runner import Job, build_pipeline
 
@@ -148,12 +148,12 @@ def follow_rates(
     backend = resolve_backend("auto", "cpu")
     roi = {}
     for size in sizes:
-        det = build_detector("ssd", input_size=(size, size))
+        det = build_detector("ssd", DetectorOptions(input_size=(size, size)))
         assert isinstance(det, SSDFaceDetector)
         example = det.preprocess([torch.zeros((3, size, size), dtype=torch.uint8)])
         det.model = compile_module(det.model, example, backend)
         roi[size] = RegionDetector(det)
-    reference = build_detector("ssd", score_threshold=0.5, min_face_size=1)
+    reference = build_detector("ssd", DetectorOptions(score_threshold=0.5, min_face_size=1))
     assert isinstance(reference, SSDFaceDetector)
     faces, source = photos(REALFACES, n_photos)
     rows: dict[int, list[tuple[int, int, float, float]]] = {s: [] for s in sizes}

@@ -1,9 +1,9 @@
 """Request dependencies as ``Annotated`` aliases, so handlers declare what they need by type.
 
-They are ``async def`` although none awaits anything: FastAPI runs a plain ``def`` dependency on
-its thread pool, one thread hop per dependency and request (four per ``POST /v1/predict``), which
-profiling showed as the largest share of the event loop's own time per request
-(docs/benchmarks.md, "Where the time goes (CPU)"). None of them blocks.
+The dependencies are ``async def`` although none awaits anything: FastAPI runs a plain ``def``
+dependency on its thread pool, one thread hop per dependency and request (four per
+``POST /v1/predict``), which a profile showed as a quarter of the event loop's own time per
+request (docs/benchmarks.md, "Where a request's time goes"). None of them blocks.
 """
 
 from __future__ import annotations
@@ -35,15 +35,18 @@ async def get_settings(runtime: RuntimeDep) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-async def get_ready_runtime(runtime: RuntimeDep) -> Runtime:
+def get_ready_runtime(runtime: Runtime) -> Runtime:
+    """``runtime`` if its models are loaded, else :class:`NotReady` (the stream route calls it too)."""
     if not runtime.ready:
-        raise NotReady(
-            "model failed to load" if runtime.load_error else "model is loading; try again shortly"
-        )
+        raise NotReady("model failed to load") if runtime.load_error else NotReady()
     return runtime
 
 
-ReadyRuntimeDep = Annotated[Runtime, Depends(get_ready_runtime)]
+async def _ready_runtime(runtime: RuntimeDep) -> Runtime:
+    return get_ready_runtime(runtime)
+
+
+ReadyRuntimeDep = Annotated[Runtime, Depends(_ready_runtime)]
 
 
 def presented_key(conn: HTTPConnection, allow_query: bool = False) -> str | None:

@@ -72,12 +72,13 @@ def make_crops(
     """
     from tqdm import tqdm
 
-    from server.pipeline.runner import Job, PredictOptions
+    from server.api.options import default_options
+    from server.pipeline.runner import Job
 
     out = Path(out)
     pipeline, cfg = build_server_pipeline(checkpoint, device)
     spec = crop or pipeline.classifier.meta.crop
-    options = PredictOptions(detect=True, max_faces=cfg.max_faces, min_confidence=cfg.score_threshold)
+    options = default_options(cfg)  # what POST /v1/predict uses when a request sets no limits
     photos = [p for p in list_photos(data) if p.label is not None]
     counts: Counter[str] = Counter()
     persons: dict[str, set[str]] = {"train": set(), "heldout": set()}
