@@ -137,6 +137,7 @@ def follow_rates(
     import torch
     from smallest_face import REALFACES, iou, photos, scenes
 
+    from server.api.options import default_options
     from server.config import Settings
     from server.pipeline.backend import compile_module, resolve_backend
     from server.pipeline.decode import DecodedImage
@@ -144,7 +145,8 @@ def follow_rates(
     from server.pipeline.roi import RegionDetector, RegionPlanner
     from server.pipeline.runner import Job, build_pipeline
 
-    pipe = build_pipeline(Settings(), "cpu")
+    settings = Settings()
+    pipe = build_pipeline(settings, "cpu")
     backend = resolve_backend("auto", "cpu")
     roi = {}
     for size in sizes:
@@ -164,7 +166,7 @@ def follow_rates(
         ious: dict[int, list[float]] = {s: [] for s in sizes}
         for frame, box in items:
             tensor = torch.from_numpy(frame).permute(2, 0, 1)
-            whole = pipe.run([Job(DecodedImage(tensor, 0.0))])[0].faces
+            whole = pipe.run([Job(DecodedImage(tensor, 0.0), default_options(settings))])[0].faces
             hit = [f for f in whole if float(iou(torch.tensor([f.box]), box).max()) >= 0.4]
             if not hit:
                 continue
