@@ -65,7 +65,11 @@ def test_only_the_stream_control_is_strict() -> None:
 
 @pytest.fixture(scope="module")
 def srv(tiny_checkpoint: Path) -> Iterator[LiveServer]:
-    server = LiveServer(server_settings(tiny_checkpoint, max_faces=2, stream_max_fps=1000.0)).start()
+    # Whole-frame detection on every stream frame: boxes are compared with REST's for the same frame
+    # (region passes, the default, find the same faces with boxes at IoU ~0.9: test_stream_roi.py).
+    server = LiveServer(
+        server_settings(tiny_checkpoint, max_faces=2, stream_max_fps=1000.0, stream_redetect_every=1)
+    ).start()
     yield server
     server.stop()
 
