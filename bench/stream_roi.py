@@ -11,7 +11,8 @@ few pixels per frame (as a seated user's does), so region passes have to follow 
 Reports per setting: median and p95 frame time (client side, send -> reply), frames/s over the
 whole run, and the server's own median detect time. ``1`` is the whole frame every time (the
 behaviour before region passes). Then, in process, whether a region pass keeps faces of each
-width that a whole-frame pass found (realfaces-dev faces, as in ``bench/smallest_face.py``).
+width that a whole-frame pass found (realfaces-dev faces, as in ``bench/smallest_face.py``), and
+whether the region pass changes the class the server reports (labelled realfaces-dev photos).
 Writes the "## Streams: region passes (CPU)" section of docs/benchmarks.md unless ``--no-write``.
 
     python bench/stream_roi.py                          # ~1.5 min
@@ -57,6 +58,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=30, help="lock-step frames per server and round")
     p.add_argument("--widths", default="40,48,64,100,160", help="face widths for the follow table")
     p.add_argument("--roi-sizes", default="96,128", help="region-pass input sizes compared (square)")
+    p.add_argument("--accuracy-photos", type=int, default=600, help="labelled photos for the accuracy check")
     p.add_argument("--photos", type=int, default=80, help="realfaces-dev photos for the follow table")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     p.add_argument("--no-write", action="store_true")
@@ -189,6 +191,68 @@ def follow_rates(
     return rows, {s: float(np.median(t)) for s, t in times.items()}, source
 
 
+def region_scores(n_photos: int) -> dict[str, float]:
+    """Does a region pass change what the classifier says? realfaces-dev photos (labelled, a random
+    ``n_photos``), each scaled to fit 560x400 and pasted into a 640x480 frame: the first face of a
+    whole-frame pass and of a region pass around it, classified by the server's pipeline (default
+    settings). Returns accuracy against the labels (``shared.emotions``' mapping; photos whose label
+    is no FER2013 class are skipped) for both, how often they agree, and the boxes' median IoU."""
+    import csv
+
+    import cv2
+    import torch
+    from smallest_face import REALFACES
+    from torchvision.ops import box_iou
+
+    from server.api.options import default_options
+    from server.config import Settings
+    from server.pipeline.decode import DecodedImage
+    from server.pipeline.roi import RegionPlanner
+    from server.pipeline.runner import Job, build_pipeline
+    from shared.emotions import canonical_emotion
+
+    settings = Settings()
+    pipe, options = build_pipeline(settings, "cpu"), default_options(settings)
+    with (REALFACES / "labels.csv").open() as f:
+        rows = [(r["image"], canonical_emotion(r["emotion"])) for r in csv.DictReader(f)]
+    rows = [(path, label) for path, label in rows if label in pipe.classes]
+    rng = np.random.default_rng(0)
+    background = cv2.GaussianBlur(rng.integers(60, 200, (480, 640, 3), dtype=np.uint8), (0, 0), 3)
+    n = right_whole = right_region = agree = 0
+    ious = []
+    for k in rng.choice(len(rows), min(n_photos, len(rows)), replace=False):
+        path, label = rows[int(k)]
+        photo = cv2.cvtColor(cv2.imread(str(REALFACES / path)), cv2.COLOR_BGR2RGB)
+        scale = min(400 / photo.shape[0], 560 / photo.shape[1])
+        photo = cv2.resize(photo, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        frame = background.copy()
+        frame[40 : 40 + photo.shape[0], 40 : 40 + photo.shape[1]] = photo
+        image = DecodedImage(torch.from_numpy(frame).permute(2, 0, 1), 0.0)
+        whole = pipe.run([Job(image, options)])[0].faces
+        if not whole:
+            continue
+        planner = RegionPlanner(10)
+        planner.observe([whole[0].box], None)
+        regions = planner.regions(640, 480)
+        assert regions is not None
+        region = pipe.run([Job(image, options, regions)])[0].faces
+        if not region:
+            continue
+        n += 1
+        a, b = (pipe.classes[int(np.argmax(f.probs))] for f in (whole[0], region[0]))
+        right_whole += a == label
+        right_region += b == label
+        agree += a == b
+        ious.append(float(box_iou(torch.tensor([whole[0].box]), torch.tensor([region[0].box]))[0, 0]))
+    return {
+        "faces": n,
+        "whole": right_whole / max(n, 1),
+        "region": right_region / max(n, 1),
+        "agree": agree / max(n, 1),
+        "iou": float(np.median(ious)) if ious else float("nan"),
+    }
+
+
 def report(r: dict[str, Any], args: argparse.Namespace) -> str:
     rows = [
         "| redetect every | frames | median ms | p95 ms | frames/s | server detect median ms "
@@ -240,6 +304,16 @@ def main(argv: list[str] | None = None) -> None:
         cells = " | ".join(f"{follow[v][k][2]:.0%} ({follow[v][k][3]:.2f})" for v in sizes)
         table += f"| {w} px | {found} | {cells} |\n"
     table += "| ms per region pass | | " + " | ".join(f"{pass_ms[v]:.1f}" for v in sizes) + " |"
+    acc = region_scores(args.accuracy_photos)
+    table += (
+        "\n\nDoes a region pass change the emotion the server reports? "
+        f"{acc['faces']} labelled realfaces-dev photos (random, labels that are FER2013 classes), each in a "
+        "640x480 frame: the first face's class from a whole-frame pass and from a region pass around it "
+        f"(the region's box has median IoU {acc['iou']:.2f} with the whole-frame one): accuracy "
+        f"**{acc['whole']:.1%} whole-frame vs {acc['region']:.1%} region pass**, the same class for "
+        f"{acc['agree']:.1%} of the faces (the checkpoint's own accuracy on these photos is low: it is "
+        "trained on FER2013 only)."
+    )
     print(table + "\n" + machine())
     if args.no_write:
         return
