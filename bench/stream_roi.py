@@ -311,8 +311,7 @@ def main(argv: list[str] | None = None) -> None:
         "640x480 frame: the first face's class from a whole-frame pass and from a region pass around it "
         f"(the region's box has median IoU {acc['iou']:.2f} with the whole-frame one): accuracy "
         f"**{acc['whole']:.1%} whole-frame vs {acc['region']:.1%} region pass**, the same class for "
-        f"{acc['agree']:.1%} of the faces (the checkpoint's own accuracy on these photos is low: it is "
-        "trained on FER2013 only)."
+        f"{acc['agree']:.1%} of the faces."
     )
     print(table + "\n" + machine())
     if args.no_write:

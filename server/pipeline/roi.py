@@ -25,7 +25,7 @@ from server.pipeline.types import Detections, FaceDetector
 #: Detector input (width, height) for one region. A region is ``CONTEXT`` face sides wide, so the
 #: face is ~38 px there, whatever its size in the frame: well inside what the SSD finds reliably
 #: (a 48 px face in a 640-wide frame is ~23 px at its 300x300 input). Measured against 128x128
-#: (docs/benchmarks.md, "Streams: region passes"): 3.3 vs 4.5 ms per region pass, and the same
+#: (docs/benchmarks.md, "Streams: region passes"): 3.5 vs 4.1 ms per region pass, and the same
 #: share (97-100%) of faces 40-160 px wide kept by region passes.
 ROI_INPUT = (96, 96)
 #: Region side in units of the face box's longer side: room for the face to move between frames.
