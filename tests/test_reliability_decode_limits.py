@@ -13,8 +13,8 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import encode
 from PIL import Image
+from server_harness import encode
 
 from server.model.checkpoint import CropSpec
 from server.pipeline.crop import crop_faces, crop_whole_images

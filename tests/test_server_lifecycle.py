@@ -12,8 +12,7 @@ import httpx
 import numpy as np
 import pytest
 from pydantic import ValidationError
-from server_harness import LiveServer, frame_640x480, jpeg, recv_json, retry, run, server_settings
-from test_server_stream import close_code
+from server_harness import LiveServer, close_code, frame_640x480, jpeg, recv_json, retry, run, server_settings
 from websockets.asyncio.client import connect
 
 from emotion_service import EmotionAnalyzer

@@ -32,7 +32,7 @@ from server.pipeline.decode import DecodedImage, DecodeError, decode_image
 from server.pipeline.runner import Job, JobResult, Pipeline, PredictOptions
 from shared.emotions import canonical_emotion
 from training.data import IMAGE_SUFFIXES
-from training.evaluate_core import classification_metrics
+from training.scoring import classification_metrics
 
 NO_FACE = "no face"
 
@@ -130,7 +130,7 @@ def evaluate_photos(
     from tqdm import tqdm
 
     pipeline, cfg = build_server_pipeline(checkpoint, device, crop, detector_layout)
-    classes = pipeline.classes
+    classes = pipeline.classifier.classes
     # What POST /v1/predict uses when a request sets no limits.
     options = PredictOptions(detect=True, max_faces=cfg.max_faces, min_confidence=cfg.score_threshold)
     max_pixels = cfg.max_pixels

@@ -53,14 +53,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
-RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
 #: The body is read by hand (size limit, deadline), so FastAPI cannot infer it; this documents it.
 PREDICT_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "description": "The image bytes (format sniffed from the bytes), or a form with the file in 'image'.",
         "content": {
-            **{ctype: _BINARY for ctype in RAW_IMAGE_TYPES},
+            **{ctype: _BINARY for ctype in sorted(RAW_TYPES - {""})},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",

@@ -12,13 +12,10 @@ trade accuracy for compute:
 
 from __future__ import annotations
 
-from typing import Literal
-
 from torch import nn
 from torchvision.models import resnet18
 from torchvision.models.resnet import BasicBlock
 
-Stem = Literal["s1", "s1-pool", "s2"]
 STEMS: tuple[str, ...] = ("s1", "s1-pool", "s2")
 
 

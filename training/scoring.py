@@ -1,4 +1,7 @@
-"""Batched inference and metrics shared by `emotion-train` (validation) and `emotion-eval`."""
+"""Scoring faces with a classifier (batched softmax, flip TTA) and the metrics of those scores.
+
+Shared by `emotion-train` (validation) and `emotion-eval`.
+"""
 
 from __future__ import annotations
 
