@@ -48,8 +48,9 @@ setup(
         "server": server,
         "train": train,
         "client": req.CLIENT,
+        "webcam": [f"{SELF}[client]", *req.WEBCAM],
         "camera": [f"{SELF}[client]", *req.CAMERA],
         "plot": [f"{SELF}[client]", *req.PLOT],
-        "dev": [f"{SELF}[server,train,client,camera,plot]", *req.DEV],
+        "dev": [f"{SELF}[server,train,client,webcam,camera,plot]", *req.DEV],
     },
 )

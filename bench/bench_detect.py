@@ -37,7 +37,7 @@ from docsection import write_section  # bench/ is on sys.path when run as a scri
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from server.pipeline.detect import build_detector, locate_weights  # noqa: E402
+from server.pipeline.detect import DetectorOptions, build_detector, locate_weights  # noqa: E402
 
 SECTION = "## Face detection"
 
@@ -125,7 +125,8 @@ def parity(threshold: float = 0.05) -> None:
 
     from torchvision.ops import box_iou
 
-    from server.pipeline.detect.ssd import SSDFaceDetector, prototxt_for_layout
+    from server.pipeline.detect import SSDFaceDetector
+    from server.pipeline.detect.layouts import prototxt_for_layout
 
     files = locate_weights()
     worst_iou, worst_score, total = 1.0, 0.0, 0
@@ -137,9 +138,8 @@ def parity(threshold: float = 0.05) -> None:
             proto.write(prototxt_for_layout(files.prototxt.read_text(), layout))
             proto.flush()
             net = cv2.dnn.readNetFromCaffe(proto.name, str(files.caffemodel))
-        det = SSDFaceDetector(
-            files, score_threshold=threshold, max_faces=1000, min_face_size=0, input_size=size, layout=layout
-        )
+        options = DetectorOptions(score_threshold=threshold, max_faces=1000, min_face_size=0, input_size=size)
+        det = SSDFaceDetector(files, options, layout=layout)
         for name, rgb in parity_photos().items():
             h, w = rgb.shape[:2]
             net.setInput(
@@ -178,7 +178,7 @@ def measure(
 ) -> dict[str, float]:
     """Median ms per batch of each implementation for one configuration."""
     w, h = size
-    det = build_detector(device=device, input_size=size)
+    det = build_detector(options=DetectorOptions(input_size=size), device=device)
     # Laid out like server.pipeline.decode output: a (3, H, W) view of an HWC array.
     images = [torch.from_numpy(rgb).permute(2, 0, 1).to(device)] * batch
     bgr = [np.ascontiguousarray(rgb[..., ::-1])] * batch

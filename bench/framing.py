@@ -41,7 +41,7 @@ from docsection import write_marked  # noqa: E402  (bench/ is on sys.path when r
 from server.model.checkpoint import DEFAULT_CHECKPOINT, CropSpec  # noqa: E402
 from server.pipeline.classify import EmotionClassifier  # noqa: E402
 from server.pipeline.crop import crop_faces, crop_whole_images  # noqa: E402
-from server.pipeline.detect import build_detector  # noqa: E402
+from server.pipeline.detect import DetectorOptions, build_detector  # noqa: E402
 from shared.emotions import EMOTIONS  # noqa: E402
 
 DOC = REPO / "docs" / "detection.md"
@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     frames, rects = make_frames(faces, rng, (cw, ch), (lo, hi))
     print(f"{len(frames)} PublicTest faces pasted on {cw}x{ch} frames ({time.perf_counter() - t0:.1f}s)")
 
-    det = build_detector(device=args.device, input_size=(iw, ih), score_threshold=args.score_threshold)
+    det = build_detector(
+        options=DetectorOptions(input_size=(iw, ih), score_threshold=args.score_threshold), device=args.device
+    )
     clf = EmotionClassifier(args.checkpoint, args.device)
     t1 = time.perf_counter()
     found: list[int] = []

@@ -43,6 +43,7 @@ def provenance(photos_dir: Path, limit: int, layout: str) -> list[str]:
 
     from server.pipeline.decode import decode_image
     from server.pipeline.detect import SSDFaceDetector, locate_weights
+    from server.pipeline.detect.nms import select_detections
     from training.evaluate_photos import list_photos
 
     det = SSDFaceDetector(locate_weights(), layout=layout)
@@ -55,10 +56,10 @@ def provenance(photos_dir: Path, limit: int, layout: str) -> list[str]:
         with torch.inference_mode():
             _, _, sizes = det.model(blob)
             boxes, scores = det.forward_raw(blob)
-        priors, _ = det._prior_boxes(sizes)
+        priors, _ = det.prior_boxes(sizes)
         counts = [h * w * len(spec.box_sizes) for spec, (h, w) in zip(det.prior_specs, sizes, strict=True)]
         edges = np.cumsum([0, *counts])
-        for i in det._nms(boxes, scores, 0.5)[0].tolist():
+        for i in select_detections(boxes, scores, 0.5, det.output_spec)[0].tolist():
             layer = int(np.searchsorted(edges, i, side="right") - 1)
             cell = (i - int(edges[layer])) // len(det.prior_specs[layer].box_sizes)
             b = boxes[0, i]

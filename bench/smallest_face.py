@@ -28,8 +28,9 @@ from docsection import write_section  # bench/ is on sys.path when run as a scri
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from server.config import Settings  # noqa: E402
 from server.pipeline.backend import compile_module, resolve_backend  # noqa: E402
-from server.pipeline.detect import SSDFaceDetector, build_detector  # noqa: E402
+from server.pipeline.detect import DetectorOptions, SSDFaceDetector, build_detector  # noqa: E402
 
 SECTION = "## Smallest face found"
 REALFACES = REPO.parent / "shared" / "data" / "realfaces-dev"
@@ -103,16 +104,18 @@ def main(argv: list[str] | None = None) -> None:
     widths = [int(w) for w in args.widths.split(",")]
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     faces, source = photos(args.data, args.faces)
-    reference = build_detector("ssd", score_threshold=args.threshold, min_face_size=1)
+    reference = build_detector("ssd", DetectorOptions(score_threshold=args.threshold, min_face_size=1))
     assert isinstance(reference, SSDFaceDetector)
     frames = scenes(reference, faces, widths, args.threshold)
     backend = resolve_backend(args.backend, "cpu")
     rows = []
     for size in sizes:
-        det = build_detector("ssd", score_threshold=args.threshold, min_face_size=1, input_size=size)
+        det = build_detector(
+            "ssd", DetectorOptions(score_threshold=args.threshold, min_face_size=1, input_size=size)
+        )
         assert isinstance(det, SSDFaceDetector)
         example = det.preprocess([torch.zeros((3, size[1], size[0]), dtype=torch.uint8)])
-        det.model = compile_module(det.model, example, backend)
+        det.model = compile_module(det.model, example, backend, cache_dir=Settings().cache_dir)
         rates = []
         for w in widths:
             found = 0

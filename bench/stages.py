@@ -31,6 +31,7 @@ from docsection import write_section  # bench/ is on sys.path when run as a scri
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from server.api.options import default_options  # noqa: E402
 from server.config import Settings  # noqa: E402
 from server.pipeline.crop import crop_faces  # noqa: E402
 from server.pipeline.decode import decode_image  # noqa: E402
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
                     lambda clf=clf, d=d: crop_faces([img], [d.boxes], clf.meta.crop, clf.input_size),
                 )
                 timed((b, "classify"), lambda clf=clf, crops=crops: clf.predict(crops))
-                timed((b, "batch"), lambda p=p: p.run([Job(image)]))
+                timed((b, "batch"), lambda p=p: p.run([Job(image, default_options(Settings()))]))
     med = {k: statistics.median(v) for k, v in times.items()}
     lines = [
         "| stage | " + " | ".join(f"{b} ms" for b in backends) + " |",

@@ -29,9 +29,12 @@ SERVER = [
 ]
 TRAIN = ["scikit-learn>=1.4", "tqdm>=4.66", "matplotlib>=3.8"]
 # The lean remote client (43 MB venv, docs/client.md): REST predict, batch jobs against a server,
-# the WebSocket, the schemas. Camera/video capture, windows and annotated images need OpenCV
-# (`camera`, ~160 MB on its own); session plots need matplotlib (`plot`).
+# the WebSocket, the schemas. `webcam` adds capture (webcam, video files, image folders) with PyAV,
+# which bundles FFmpeg and needs no numpy; the window is Python's own tkinter. `camera` is the
+# OpenCV alternative (~160 MB + numpy), also needed for annotated images and --record; session
+# plots need matplotlib (`plot`).
 CLIENT = ["websockets>=13", "httpx>=0.27", "tqdm>=4.66"]  # websockets.asyncio.client: 13.0+
+WEBCAM = ["av>=14"]
 CAMERA = ["opencv-python-headless>=4.8,<5", "numpy>=1.26"]
 PLOT = ["matplotlib>=3.8"]
 DEV = [

@@ -111,9 +111,7 @@ def require_cv2() -> Any:
     try:
         import cv2
     except ImportError as exc:
-        raise UsageError(
-            "video files and annotated images need OpenCV: pip install 'emotion-service[camera]'"
-        ) from exc
+        raise UsageError("annotated images need OpenCV: pip install 'emotion-service[camera]'") from exc
     return cv2
 
 
@@ -121,11 +119,37 @@ def require_cv2() -> Any:
 class VideoFrame:
     index: int
     ts_ms: float
-    image: Any  # BGR uint8 array
+    image: Any  # BGR uint8 array (OpenCV) or picture.RgbImage (PyAV): what a window shows
+    source: Any = None  # PyAV: the decoded frame, encoded from directly
 
 
-class VideoFrames:
+class VideoFrames(Protocol):
     """Every `every`-th frame of a video file with its index and its own timestamp (not wall clock)."""
+
+    path: Path
+    total: int | None  # frames that will be yielded, when the container says
+
+    def __iter__(self) -> Iterator[VideoFrame]: ...
+
+    def jpeg(self, frame: VideoFrame, quality: int) -> bytes | None:
+        """The frame as a JPEG to send; None if encoding failed."""
+        ...
+
+
+def open_video(path: Path, every: int = 1, capture: str = "auto") -> VideoFrames:
+    """OpenCV's reader when it is installed (the camera extra, and the server's), else PyAV's (webcam),
+    or the one `capture` names; OSError for a file it cannot decode, UsageError when none is installed."""
+    from client.capture import capture_backend
+
+    if capture_backend(capture) == "opencv":
+        return CvVideoFrames(path, every)
+    from client.av_capture import VideoFileFrames
+
+    return VideoFileFrames(path, every)
+
+
+class CvVideoFrames:
+    """`VideoFrames` read by OpenCV, as BGR arrays."""
 
     def __init__(self, path: Path, every: int = 1) -> None:
         cv2 = self.cv2 = require_cv2()
@@ -152,6 +176,10 @@ class VideoFrames:
                 index += 1
         finally:
             cap.release()
+
+    def jpeg(self, frame: VideoFrame, quality: int) -> bytes | None:
+        ok, buf = self.cv2.imencode(".jpg", frame.image, [self.cv2.IMWRITE_JPEG_QUALITY, quality])
+        return buf.tobytes() if ok else None
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -335,21 +363,20 @@ class RemoteBackend:
         return 1.0 / (fps * 0.9)
 
     def video(self, path: Path, frames: VideoFrames) -> Generator[tuple[VideoFrame, Record], None, None]:
-        cv2 = frames.cv2
         interval = self._frame_interval()
         stream = LockstepStream(self.server, self.api_key, self.options.control())
         try:
             last = 0.0
             for frame in frames:
-                ok, buf = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
-                if not ok:
+                jpeg = frames.jpeg(frame, self.quality)
+                if jpeg is None:
                     yield frame, failed(str(path), "encode_failed", "JPEG encoding failed", frame=frame.index)
                     continue
                 wait = last + interval - time.monotonic()
                 if wait > 0:
                     time.sleep(wait)
                 last = time.monotonic()
-                result = stream.ask(buf.tobytes())
+                result = stream.ask(jpeg)
                 reply = PredictResponse(
                     faces=result.faces, image=result.image, model=stream.model, timing_ms=result.timing_ms
                 )
@@ -595,7 +622,7 @@ def _progress(total: int | None, unit: str, enabled: bool | None) -> Any:
     return tqdm(total=total, unit=unit, disable=(None if enabled is None else not enabled), file=sys.stderr)
 
 
-FrameHook = Callable[[Any, Record], bool]  # (BGR frame, record) -> False to stop
+FrameHook = Callable[[Any, Record], bool]  # (picture, record) -> False to stop
 
 
 def run_job(
@@ -608,12 +635,14 @@ def run_job(
     plot: Callable[[Path, Path], Path | None] | None = None,
     progress: bool | None = None,
     on_frame: FrameHook | None = None,
+    capture: str = "auto",
 ) -> Summary:
     """Process `paths` (files; see :func:`expand`), writing every record as it comes; never raises for
     a bad file, only for a server that is gone (:class:`ServerUnavailable`) or refuses the key.
 
     `plot(video, session_jsonl)` draws a video's timeline and returns where it wrote it;
-    `on_frame(bgr, record)` sees every processed video frame (a live window) and may stop the job.
+    `on_frame(picture, record)` sees every processed video frame (a live window) and may stop the job;
+    `capture` picks the video reader (`client.capture.capture_backend`).
     """
     files = expand(paths)
     if not files:
@@ -625,7 +654,7 @@ def run_job(
     opened: list[tuple[Path, VideoFrames | None, str | None]] = []
     for v in videos:
         try:
-            opened.append((v, VideoFrames(v, every), None))
+            opened.append((v, open_video(v, every, capture), None))
         except OSError as exc:
             opened.append((v, None, str(exc)))
     totals = [len(images)] + [f.total for _, f, _ in opened if f is not None]

@@ -1,25 +1,31 @@
-"""Frame sources and the capture thread.
+"""Frame sources, the capture thread, and which capture library runs them.
 
 Capture runs in its own thread and publishes into a `LatestFrame` slot that keeps only the
 newest frame: a slow network then costs skipped frames, never growing latency, and a slow
 camera never stalls the sender or the receiver.
+
+Two backends implement `Source`: OpenCV (`client/cv_capture.py`, the `camera` extra) and PyAV
+(`client/av_capture.py`, the lean `webcam` extra, no numpy). `open_source` picks OpenCV when it
+is installed, else PyAV; this module imports neither.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import cv2
-import numpy as np
-
-from client.errors import CaptureError
+from client.errors import CaptureError, UsageError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+BACKENDS = ("auto", "opencv", "av")
+INSTALL_HINT = (
+    "pip install 'emotion-service[webcam]' (PyAV, the lean install) or 'emotion-service[camera]' (OpenCV)"
+)
 
 
 @dataclass(frozen=True)
@@ -27,19 +33,29 @@ class Frame:
     """One captured frame, already resized and JPEG-encoded for sending."""
 
     seq: int  # counts captured frames since start (not the wire index, which is per connection)
-    image: np.ndarray  # BGR, the size that is sent, so reply boxes map 1:1 onto it
+    # What the window shows, the size that is sent (reply boxes map 1:1 onto it): a BGR numpy array
+    # (OpenCV) or a `picture.RgbImage` (PyAV); None when nothing displays or records.
+    image: Any
     jpeg: bytes
     captured: float  # time.monotonic()
 
 
 class Source:
-    """A sequence of BGR frames. `live` sources (cameras) are drained, not paced."""
+    """A sequence of frames. `live` sources (cameras) are drained, not paced.
+
+    `read` is cheap (a camera's MJPEG packet is not even decoded), because a live source is read
+    faster than frames are kept; `prepare` does the work for the frames that are kept.
+    """
 
     live = False
     native_fps: float | None = None
 
-    def read(self) -> np.ndarray | None:
-        """Next frame, or None at the end."""
+    def read(self) -> Any | None:
+        """Next raw frame, or None at the end."""
+        raise NotImplementedError
+
+    def prepare(self, raw: Any, width: int | None, quality: int, picture: bool) -> tuple[Any, bytes]:
+        """(picture or None, JPEG) of a raw frame, downscaled to at most `width` pixels wide."""
         raise NotImplementedError
 
     def rewind(self) -> bool:
@@ -50,104 +66,45 @@ class Source:
         pass
 
 
-class _CvSource(Source):
-    def __init__(self, cap: cv2.VideoCapture) -> None:
-        self._cap = cap
-        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        self.native_fps = fps if 0.5 < fps < 240 else None
-
-    def read(self) -> np.ndarray | None:
-        ok, frame = self._cap.read()
-        return frame if ok and frame is not None else None
-
-    def close(self) -> None:
-        self._cap.release()
+def capture_backend(name: str = "auto") -> str:
+    """'opencv' or 'av': the one asked for, else OpenCV if installed, else PyAV; UsageError if neither."""
+    if name not in BACKENDS:
+        raise UsageError(f"unknown capture backend {name!r} (one of {', '.join(BACKENDS)})")
+    wanted = ("opencv", "av") if name == "auto" else (name,)
+    for backend in wanted:
+        if importlib.util.find_spec("cv2" if backend == "opencv" else "av") is not None:
+            return backend
+    what = "OpenCV" if name == "opencv" else "PyAV" if name == "av" else "a capture library"
+    raise UsageError(f"streaming a camera, video or image folder needs {what}: {INSTALL_HINT}")
 
 
-class CameraSource(_CvSource):
-    live = True
-
-    def __init__(self, index: int) -> None:
-        level = cv2.utils.logging.getLogLevel()
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # our message replaces its warnings
-        try:
-            cap = cv2.VideoCapture(index)
-        finally:
-            cv2.utils.logging.setLogLevel(level)
-        if not cap.isOpened():
-            cap.release()
-            raise CaptureError(
-                f"cannot open camera {index}: no such device, or it is in use by another program, "
-                "or this user may not access it (try another --camera N, or --video FILE / --images DIR)"
-            )
-        super().__init__(cap)
-        if self.read() is None:
-            self.close()
-            raise CaptureError(
-                f"camera {index} opened but returned no frame (is it in use or covered by a driver?)"
-            )
-
-
-class VideoSource(_CvSource):
-    def __init__(self, path: Path) -> None:
-        if not path.is_file():
-            raise CaptureError(f"video file not found: {path}")
-        cap = cv2.VideoCapture(str(path))
-        if not cap.isOpened():
-            cap.release()
-            raise CaptureError(
-                f"cannot decode video {path} (unsupported container or codec for this OpenCV build)"
-            )
-        super().__init__(cap)
-
-    def rewind(self) -> bool:
-        return bool(self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0))
-
-
-class ImageDirSource(Source):
-    native_fps = 2.0
-
-    def __init__(self, folder: Path) -> None:
-        if not folder.is_dir():
-            raise CaptureError(f"image folder not found: {folder}")
-        self._paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not self._paths:
-            raise CaptureError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
-        self._it: Iterator[Path] = iter(self._paths)
-
-    def read(self) -> np.ndarray | None:
-        for path in self._it:
-            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if img is not None:
-                return img
-        return None
-
-    def rewind(self) -> bool:
-        self._it = iter(self._paths)
-        return True
-
-
-def open_source(camera: int | None = None, video: Path | None = None, images: Path | None = None) -> Source:
+def open_source(
+    camera: int | str | None = None,
+    video: Path | None = None,
+    images: Path | None = None,
+    backend: str = "auto",
+) -> Source:
+    """The camera (an index, or a device path / name), video file or image folder, opened now so a
+    bad one fails before anything else starts."""
+    if capture_backend(backend) == "opencv":
+        from client import cv_capture as impl
+    else:
+        from client import av_capture as impl  # type: ignore[no-redef]
     if video is not None:
-        return VideoSource(video)
+        return impl.VideoSource(video)
     if images is not None:
-        return ImageDirSource(images)
-    return CameraSource(camera or 0)
+        return impl.ImageDirSource(images)
+    return impl.CameraSource(0 if camera is None else camera)
 
 
-def resize_to_width(img: np.ndarray, width: int | None) -> np.ndarray:
-    """Downscale (never upscale) to `width`: the server's detector gains nothing from more pixels."""
-    h, w = img.shape[:2]
-    if not width or w <= width:
-        return img
-    return cv2.resize(img, (width, round(h * width / w)), interpolation=cv2.INTER_AREA)
-
-
-def encode_jpeg(img: np.ndarray, quality: int) -> bytes:
-    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise CaptureError("JPEG encoding failed")
-    return buf.tobytes()
+def image_files(folder: Path) -> list[Path]:
+    """The images of a folder in name order; CaptureError when there are none."""
+    if not folder.is_dir():
+        raise CaptureError(f"image folder not found: {folder}")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise CaptureError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+    return paths
 
 
 class LatestFrame:
@@ -213,12 +170,14 @@ class CaptureThread(threading.Thread):
         width: int | None,
         quality: int,
         loop_source: bool = False,
+        pictures: bool = True,
     ) -> None:
         super().__init__(name="capture", daemon=True)
         self.source, self.slot = source, slot
         rate = fps or (None if source.live else source.native_fps)
         self.period = 1.0 / rate if rate else 0.0
         self.width, self.quality, self.loop_source = width, quality, loop_source
+        self.pictures = pictures  # False: nothing displays or records, so only the JPEG is made
         self._halt = threading.Event()
 
     def stop(self) -> None:
@@ -238,8 +197,8 @@ class CaptureThread(threading.Thread):
         seq = 0
         due = time.monotonic()
         while not self._halt.is_set():
-            img = self.source.read()
-            if img is None:
+            raw = self.source.read()
+            if raw is None:
                 if self.loop_source and seq and self.source.rewind():
                     continue
                 return
@@ -250,6 +209,6 @@ class CaptureThread(threading.Thread):
             elif now < due and self._halt.wait(due - now):
                 return
             due = max(due + self.period, time.monotonic() - self.period)
-            small = resize_to_width(img, self.width)
-            self.slot.put(Frame(seq, small, encode_jpeg(small, self.quality), time.monotonic()))
+            picture, jpeg = self.source.prepare(raw, self.width, self.quality, self.pictures)
+            self.slot.put(Frame(seq, picture, jpeg, time.monotonic()))
             seq += 1

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
+from client.capture import BACKENDS
 from client.errors import ClientError, UsageError
 
 DEFAULT_SERVER = os.environ.get("EMOTION_SERVER", "http://127.0.0.1:8000")
@@ -56,6 +57,11 @@ def _positive(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError("must be >= 1")
     return v
+
+
+def _camera(text: str) -> int | str:
+    """A camera index, or a device as the capture library names it (/dev/video2, 'video=NAME')."""
+    return int(text) if text.isdigit() else text
 
 
 def _probability(text: str) -> float:
@@ -136,7 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     server_args(s)
     src = s.add_mutually_exclusive_group()
-    src.add_argument("--camera", type=int, default=None, metavar="N", help="camera index (default 0)")
+    src.add_argument(
+        "--camera",
+        type=_camera,
+        default=None,
+        metavar="N",
+        help="camera index (default 0), or a device: /dev/video2, or on Windows with PyAV 'video=NAME'",
+    )
     src.add_argument("--video", type=Path, help="video file instead of a camera")
     src.add_argument("--images", type=Path, metavar="DIR", help="folder of images, sent in name order")
     s.add_argument(
@@ -153,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="--video: progress bar on stderr (default: when stderr is a terminal)",
+    )
+    s.add_argument(
+        "--capture",
+        choices=BACKENDS,
+        default="auto",
+        help="capture library: auto = OpenCV if installed (camera extra), else PyAV (webcam extra)",
     )
     s.add_argument("--width", type=int, default=640, help="downscale frames to this width before sending")
     s.add_argument(
@@ -230,27 +248,38 @@ def _jsonl_out(path: Path | None, headless: bool) -> Iterator[IO[str] | None]:
             yield fh
 
 
+def require_opencv(what: str) -> None:
+    """UsageError before anything starts when `what` needs OpenCV and it is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("cv2") is None:
+        raise UsageError(f"{what} needs OpenCV: pip install 'emotion-service[camera]'")
+
+
 def cmd_stream_video(args: argparse.Namespace) -> int:
     """`stream --video FILE`: a file is not a webcam, so it is the video job: every frame (or every
     Nth), each answered in order with its source frame index and the video's own timestamp."""
     from client.batch import JobOptions, RemoteBackend, run_job
-    from client.overlay import draw_result
-
-    options = JobOptions(every=args.every, smoothing=args.smoothing)
     from client.display import open_viewer
+    from client.picture import to_bgr
+
+    if args.record is not None:
+        require_opencv("--record")
+        from client.overlay import draw_result
+    options = JobOptions(every=args.every, smoothing=args.smoothing)
 
     viewer = None if args.no_display else open_viewer()
     recorder: dict[str, object] = {}
 
     def on_frame(image: object, record: object) -> bool:
-        import cv2
-
         from client.batch import Record
 
         assert isinstance(record, Record)
         faces = record.reply.faces if record.reply is not None else []
-        drawn = draw_result(image, faces, emoji=args.emoji)  # type: ignore[arg-type]
         if args.record is not None:
+            import cv2
+
+            drawn = draw_result(to_bgr(image), faces, emoji=args.emoji)
             writer = recorder.get("writer")
             if writer is None:
                 h, w = drawn.shape[:2]
@@ -258,7 +287,7 @@ def cmd_stream_video(args: argparse.Namespace) -> int:
                 args.record.parent.mkdir(parents=True, exist_ok=True)
                 writer = recorder["writer"] = cv2.VideoWriter(str(args.record), fourcc, 25.0, (w, h))
             writer.write(drawn)  # type: ignore[attr-defined]
-        return viewer.show(drawn) if viewer is not None else True
+        return viewer.show(image, faces, None, args.emoji) if viewer is not None else True
 
     backend = RemoteBackend(args.server, args.api_key, options)
     try:
@@ -272,6 +301,7 @@ def cmd_stream_video(args: argparse.Namespace) -> int:
                 every=args.every,
                 progress=args.progress,
                 on_frame=on_frame if (viewer is not None or args.record is not None) else None,
+                capture=args.capture,
             )
     finally:
         backend.close()
@@ -295,12 +325,22 @@ def cmd_stream(args: argparse.Namespace) -> int:
     from client.display import Viewer, open_viewer
     from client.stream import StreamOptions, StreamSession, log
 
-    source = open_source(args.camera, args.video, args.images)  # fails fast: camera / file problems
+    if args.record is not None:
+        require_opencv("--record")
+    # fails fast: camera / file problems, no capture library
+    source = open_source(args.camera, args.video, args.images, backend=args.capture)
     viewer: Viewer | None = None
     try:
         viewer = None if args.no_display else open_viewer()
+        pictures = viewer is not None or args.record is not None
         capture = CaptureThread(
-            source, LatestFrame(), args.fps, args.width, args.quality, loop_source=args.loop
+            source,
+            LatestFrame(),
+            args.fps,
+            args.width,
+            args.quality,
+            loop_source=args.loop,
+            pictures=pictures,
         )
     except BaseException:
         source.close()

@@ -17,9 +17,3 @@ FALLBACK_RGB = (200, 200, 200)
 
 def rgb(emotion: str) -> tuple[int, int, int]:
     return EMOTION_RGB.get(emotion, FALLBACK_RGB)
-
-
-def bgr(emotion: str) -> tuple[int, int, int]:
-    """OpenCV wants BGR."""
-    r, g, b = rgb(emotion)
-    return (b, g, r)

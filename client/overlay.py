@@ -1,23 +1,40 @@
-"""Drawing results onto BGR frames with OpenCV primitives only (no fonts or assets to ship)."""
+"""Drawing results onto BGR frames with OpenCV primitives only (no fonts or assets to ship).
+
+What goes where is `client/layout.py`, shared with the Tk window; this module only rasterises it.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from client.colors import bgr
-from shared.emotions import EMOTIONS
+from client.layout import HudStats, Shape, Text, overlay_shapes
 from shared.protocol import FaceResult
 
+__all__ = ["HudStats", "draw_emoji", "draw_result", "draw_shapes", "measure"]
+
 FONT = cv2.FONT_HERSHEY_SIMPLEX
-WHITE, BLACK = (255, 255, 255), (0, 0, 0)
+WHITE = (255, 255, 255)
 
 
-def _shade(img: np.ndarray, x0: int, y0: int, x1: int, y1: int, alpha: float = 0.55) -> None:
+def _thickness(scale: float) -> int:
+    return max(1, round(scale * 2))
+
+
+def measure(text: str, scale: float) -> tuple[int, int, int]:
+    """`layout.Measure` for OpenCV's Hershey font, at the thickness `draw_shapes` writes it with."""
+    (w, h), base = cv2.getTextSize(text, FONT, scale, _thickness(scale))
+    return w, h, base
+
+
+def _bgr(color: tuple[int, int, int]) -> tuple[int, int, int]:
+    return (color[2], color[1], color[0])
+
+
+def _shade(img: np.ndarray, x0: int, y0: int, x1: int, y1: int, alpha: float) -> None:
     """Darken a rectangle in place so text stays readable on any background."""
     h, w = img.shape[:2]
     x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
@@ -26,77 +43,19 @@ def _shade(img: np.ndarray, x0: int, y0: int, x1: int, y1: int, alpha: float = 0
         roi[:] = (roi * (1.0 - alpha)).astype(img.dtype)
 
 
-def _text(
-    img: np.ndarray, text: str, org: tuple[int, int], scale: float, color: tuple[int, int, int] = WHITE
-) -> None:
-    cv2.putText(img, text, org, FONT, scale, color, max(1, round(scale * 2)), cv2.LINE_AA)
-
-
-def draw_face(img: np.ndarray, face: FaceResult, bars: bool = True, emoji: bool = False) -> None:
-    """Box, 'label 87% #id' tag and (optionally) per-emotion bars for one face, in place."""
-    b = face.box
-    color = bgr(face.dominant)
-    scale = max(0.45, min(1.0, img.shape[1] / 1280))
-    thick = max(2, round(img.shape[1] / 400))
-    if emoji:
-        draw_emoji(img, (b.x, b.y, b.w, b.h), face.dominant)
-    cv2.rectangle(img, (b.x, b.y), (b.x + b.w, b.y + b.h), color, thick, cv2.LINE_AA)
-
-    prob = face.emotions.get(face.dominant, 0.0)
-    tag = f"{face.dominant} {prob:.0%}" + (f"  #{face.track_id}" if face.track_id is not None else "")
-    (tw, th), base = cv2.getTextSize(tag, FONT, scale, max(1, round(scale * 2)))
-    ty = b.y - 6 if b.y - th - base - 6 >= 0 else b.y + b.h + th + 6
-    cv2.rectangle(img, (b.x - thick // 2, ty - th - 4), (b.x + tw + 6, ty + base), color, -1)
-    _text(img, tag, (b.x + 3, ty - 1), scale, BLACK)
-    if bars:
-        draw_bars(img, face, scale)
-
-
-def draw_bars(img: np.ndarray, face: FaceResult, scale: float) -> None:
-    """Per-emotion probability bars beside the box (right, else left, else inside)."""
-    names = [e for e in EMOTIONS if e in face.emotions] + [e for e in face.emotions if e not in EMOTIONS]
-    s = scale * 0.8
-    row = round(26 * s) + 4
-    label_w = cv2.getTextSize("surprise", FONT, s, 1)[0][0] + 10
-    bar_w = round(90 * s)
-    pw, ph = label_w + bar_w + 10, row * len(names) + 6
-    b, (h, w) = face.box, img.shape[:2]
-    x0 = b.x + b.w + 6 if b.x + b.w + 6 + pw <= w else (b.x - 6 - pw if b.x - 6 - pw >= 0 else b.x + 2)
-    y0 = min(max(0, b.y), max(0, h - ph))
-    _shade(img, x0, y0, x0 + pw, y0 + ph)
-    for i, name in enumerate(names):
-        y = y0 + 4 + i * row
-        p = float(face.emotions[name])
-        _text(img, name, (x0 + 4, y + row - 6), s)
-        bx = x0 + 4 + label_w
-        cv2.rectangle(img, (bx, y + 3), (bx + bar_w, y + row - 3), (70, 70, 70), -1)
-        cv2.rectangle(img, (bx, y + 3), (bx + round(bar_w * p), y + row - 3), bgr(name), -1)
-
-
-@dataclass
-class HudStats:
-    fps: float = 0.0
-    latency_ms: float | None = None
-    dropped: int = 0
-    faces: int = 0
-    status: str = ""
-    error: bool = False
-
-
-def draw_hud(img: np.ndarray, stats: HudStats) -> None:
-    """fps / round-trip latency / dropped frames, plus a connection status line, top-left."""
-    scale = max(0.45, min(0.8, img.shape[1] / 1280))
-    lat = "-" if stats.latency_ms is None else f"{stats.latency_ms:.0f} ms"
-    lines: list[tuple[str, tuple[int, int, int]]] = [
-        (f"{stats.fps:4.1f} fps   rtt {lat}   dropped {stats.dropped}   faces {stats.faces}", WHITE)
-    ]
-    if stats.status:
-        lines.append((stats.status, (80, 80, 255) if stats.error else (120, 230, 120)))
-    row = round(30 * scale)
-    width = max(cv2.getTextSize(t, FONT, scale, 1)[0][0] for t, _ in lines) + 16
-    _shade(img, 0, 0, width, row * len(lines) + 8, 0.6)
-    for i, (text, color) in enumerate(lines):
-        _text(img, text, (8, (i + 1) * row), scale, color)
+def draw_shapes(img: np.ndarray, shapes: Iterable[Shape]) -> None:
+    """Rasterise `layout` shapes onto a BGR image, in place."""
+    for s in shapes:
+        if isinstance(s, Text):
+            cv2.putText(
+                img, s.text, (s.x, s.y), FONT, s.scale, _bgr(s.color), _thickness(s.scale), cv2.LINE_AA
+            )
+        elif s.shade:
+            _shade(img, s.x0, s.y0, s.x1, s.y1, s.shade)
+        elif s.fill is not None:
+            cv2.rectangle(img, (s.x0, s.y0), (s.x1, s.y1), _bgr(s.fill), -1)
+        elif s.outline is not None:
+            cv2.rectangle(img, (s.x0, s.y0), (s.x1, s.y1), _bgr(s.outline), s.width, cv2.LINE_AA)
 
 
 def draw_result(
@@ -104,10 +63,12 @@ def draw_result(
 ) -> np.ndarray:
     """Annotated copy of `img` (the caller's frame is left untouched)."""
     out = img.copy()
-    for face in faces:
-        draw_face(out, face, emoji=emoji)
-    if stats is not None:
-        draw_hud(out, stats)
+    faces = list(faces)
+    if emoji:
+        for face in faces:
+            b = face.box
+            draw_emoji(out, (b.x, b.y, b.w, b.h), face.dominant)
+    draw_shapes(out, overlay_shapes(faces, out.shape[1], out.shape[0], measure, stats))
     return out
 
 

@@ -18,14 +18,12 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
-
-import cv2
+from typing import IO, Any
 
 from client.capture import CaptureThread
 from client.display import Viewer
 from client.errors import CaptureError, ServerUnavailable
-from client.overlay import HudStats, draw_result
+from client.layout import HudStats
 from client.transport import Backoff, StreamConnection
 from shared.protocol import ErrorBody, StreamControl, StreamResult
 
@@ -299,19 +297,25 @@ class StreamSession:
 
     async def _render_loop(self) -> None:
         """Draw the newest reply on the newest frame (~30 Hz); quit when the window says so."""
-        writer: cv2.VideoWriter | None = None
+        writer: Any = None
         shown_seq = -1
         try:
             while not self.stop.is_set():
                 frame = self.slot.latest
-                if frame is not None and frame.seq != shown_seq:
+                if frame is not None and frame.seq != shown_seq and frame.image is not None:
                     shown_seq = frame.seq
                     faces = self.last.faces if self.last else []
-                    img = draw_result(frame.image, faces, self.hud(), emoji=self.opts.emoji)
+                    hud = self.hud()
                     if self.record_path is not None:
+                        from client.overlay import draw_result
+                        from client.picture import to_bgr
+
+                        img = draw_result(to_bgr(frame.image), faces, hud, emoji=self.opts.emoji)
                         writer = writer or self._open_writer(img.shape[1], img.shape[0])
                         writer.write(img)
-                    if self.viewer is not None and not self.viewer.show(img):
+                    if self.viewer is not None and not self.viewer.show(
+                        frame.image, faces, hud, self.opts.emoji
+                    ):
                         self.stop.set()
                         return
                 elif self.viewer is not None and not self.viewer.poll():
@@ -324,7 +328,10 @@ class StreamSession:
             if self.viewer is not None:
                 self.viewer.close()
 
-    def _open_writer(self, w: int, h: int) -> cv2.VideoWriter:
+    def _open_writer(self, w: int, h: int) -> Any:
+        """An OpenCV video writer (`--record` needs the camera extra; the CLI checks before starting)."""
+        import cv2
+
         assert self.record_path is not None
         fps = 1.0 / self.capture.period if self.capture.period else 15.0
         fourcc = cv2.VideoWriter.fourcc(*("MJPG" if self.record_path.suffix.lower() == ".avi" else "mp4v"))

@@ -1,10 +1,9 @@
 """``EmotionAnalyzer``: load the detector and the classifier once, then analyze images in-process.
 
-It owns what turns pixels into a reply: the models (:class:`server.pipeline.runner.Pipeline`),
-option resolution against the configured defaults, and reply assembly. The server wraps the
-same object (its batcher calls :meth:`EmotionAnalyzer.run_batch`, its handlers call
-:meth:`EmotionAnalyzer.options` and :meth:`EmotionAnalyzer.response`), so a library call and
-``POST /v1/predict`` give the same faces, boxes and scores for the same bytes.
+It owns the models (:class:`server.pipeline.runner.Pipeline`); the server wraps the same object
+(its batcher calls :meth:`EmotionAnalyzer.run_batch`). Options are resolved and replies encoded
+by the server's own modules (:mod:`server.api.options`, :mod:`server.api.replies`), so a library
+call and ``POST /v1/predict`` give the same faces, boxes and scores for the same bytes.
 """
 
 from __future__ import annotations
@@ -19,10 +18,12 @@ import torch
 from PIL import Image
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
+from server.api.options import resolve_options
+from server.api.replies import predict_response
 from server.config import Settings
 from server.pipeline.decode import SUPPORTED_FORMATS, DecodedImage, DecodeError, decode_image, to_rgb
-from server.pipeline.runner import Job, JobResult, PredictOptions, build_pipeline, face_result, work_size
-from shared.protocol import ImageInfo, ModelRef, PredictResponse, Timing
+from server.pipeline.runner import Job, JobResult, PredictOptions, build_pipeline, work_size
+from shared.protocol import FaceOptions, ModelRef, PredictResponse
 
 #: Array inputs: ``"rgb"`` (PIL, imageio, scikit-image, matplotlib) or ``"bgr"`` (OpenCV's ``imread``).
 ChannelOrder: TypeAlias = Literal["rgb", "bgr"]
@@ -136,17 +137,11 @@ class EmotionAnalyzer:
     def options(
         self, max_faces: int | None = None, min_confidence: float | None = None, detect: bool = True
     ) -> PredictOptions:
-        """Per-call options resolved against the configured defaults (``max_faces`` is also a cap)."""
-        s = self.settings
-        if max_faces is not None and max_faces < 1:
-            raise ValueError("max_faces must be >= 1")
-        if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
-            raise ValueError("min_confidence must be within [0, 1]")
-        return PredictOptions(
-            detect=detect,
-            max_faces=min(max_faces or s.max_faces, s.max_faces),
-            min_confidence=s.score_threshold if min_confidence is None else min_confidence,
-        )
+        """Per-call options resolved against the configured defaults as ``/v1/predict`` resolves
+        its query (``max_faces`` 1-100, capped by the configured one; ``min_confidence`` 0-1);
+        a value out of range raises a ``ValueError`` (pydantic's) that names it."""
+        asked = FaceOptions(max_faces=max_faces, min_confidence=min_confidence, detect=detect)
+        return resolve_options(self.settings, asked)
 
     def run_batch(self, jobs: Sequence[Job]) -> list[JobResult]:
         """One model batch (the server's batcher function): every stage once for all ``jobs``."""
@@ -154,17 +149,7 @@ class EmotionAnalyzer:
 
     def response(self, image: DecodedImage, result: JobResult, started: float) -> PredictResponse:
         """The ``/v1/predict`` reply for one image; ``started`` is the ``perf_counter`` at arrival."""
-        return PredictResponse(
-            faces=[face_result(f, self.classes, image.width, image.height) for f in result.faces],
-            image=ImageInfo(width=image.width, height=image.height),
-            model=self.model,
-            timing_ms=Timing(
-                decode=round(image.decode_ms, 3),
-                detect=round(result.detect_ms, 3),
-                classify=round(result.classify_ms, 3),
-                total=round((time.perf_counter() - started) * 1000.0, 3),
-            ),
-        )
+        return predict_response(image, result, self.classes, self.model, started)
 
     def decode(self, image: Any, channels: ChannelOrder = "rgb") -> DecodedImage:
         """One input as the pipeline takes it, with this analyzer's limits (see :func:`to_decoded`)."""

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from server.device import resolve_device
 from server.model.checkpoint import DEFAULT_CHECKPOINT
+from server.pipeline.detect.options import DetectorName, DetectorOptions
 
 MiB = 1024 * 1024
 #: Keys that show up in copy-pasted examples; refusing them beats shipping them.
@@ -32,6 +33,12 @@ def _split_csv(value: object) -> object:
     return value
 
 
+def default_cache_dir() -> Path:
+    """Where converted models are kept when ``EMOTION_CACHE_DIR`` is unset: the user's cache folder."""
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base) if base else Path.home() / ".cache") / "emotion-service"
+
+
 class Settings(BaseSettings):
     """Every knob of the server; ``emotion-server`` flags override the environment."""
 
@@ -44,7 +51,7 @@ class Settings(BaseSettings):
     )
     checkpoint: Path = DEFAULT_CHECKPOINT
 
-    detector: Literal["ssd", "haar"] = "ssd"
+    detector: DetectorName = "ssd"
     detector_input_size: Annotated[tuple[int, int], NoDecode] = Field(
         default=(300, 300), description="Detector network input, WxH or one side: 300, 320x240, 160x120."
     )
@@ -78,6 +85,11 @@ class Settings(BaseSettings):
         default=False, description="Average each face's probabilities with its mirror image's (2x classify)."
     )
     warmup: bool = True
+    cache_dir: Path = Field(
+        default_factory=default_cache_dir,
+        description="Converted models (detector weights, OpenVINO builds); default "
+        "$XDG_CACHE_HOME/emotion-service or ~/.cache/emotion-service.",
+    )
 
     max_body_bytes: int = Field(default=10 * MiB, ge=1024)
     max_pixels: int = Field(default=40_000_000, ge=64 * 64)
@@ -127,6 +139,12 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         """``EMOTION_SSL_CERTFILE=`` (compose passes unset variables as empty) means no TLS."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("cache_dir", mode="before")
+    @classmethod
+    def _empty_cache_is_default(cls, value: object) -> object:
+        """``EMOTION_CACHE_DIR=`` means the default folder, as it always has."""
+        return default_cache_dir() if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def _tls_pair_loads(self) -> Settings:
@@ -213,6 +231,15 @@ class Settings(BaseSettings):
                     "every API key needs 8+ characters, no spaces, and must not be a placeholder"
                 )
         return keys
+
+    def detector_options(self) -> DetectorOptions:
+        """The detector's knobs from these settings (``build_detector``'s ``options``)."""
+        return DetectorOptions(
+            score_threshold=self.score_threshold,
+            max_faces=self.max_faces,
+            min_face_size=self.min_face_size,
+            input_size=self.detector_input_size,
+        )
 
     def torch_device(self) -> str:
         """The concrete device string (``auto`` resolved)."""

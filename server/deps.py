@@ -31,9 +31,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 def get_ready_runtime(runtime: RuntimeDep) -> Runtime:
     if not runtime.ready:
-        raise NotReady(
-            "model failed to load" if runtime.load_error else "model is loading; try again shortly"
-        )
+        raise NotReady("model failed to load") if runtime.load_error else NotReady()
     return runtime
 
 

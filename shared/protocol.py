@@ -78,15 +78,32 @@ class StreamResult(_Reply):
     dropped: int = Field(ge=0, description="Frames skipped since the previous reply.")
 
 
-class StreamControl(_Request):
-    """Optional JSON text message a stream client may send at any time."""
+class FaceOptions(BaseModel):
+    """Which faces a reply reports: the query of `POST /v1/predict` and the fields of a
+    `StreamControl`. A field left out keeps the server's value (`EMOTION_MAX_FACES`, which
+    also caps `max_faces`; `EMOTION_SCORE_THRESHOLD`; `detect` true), or on a stream the
+    value its last control message set."""
+
+    max_faces: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description="At most this many faces (the most confident); default and cap: EMOTION_MAX_FACES.",
+    )
+    min_confidence: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Minimum detector score; default: EMOTION_SCORE_THRESHOLD."
+    )
+    detect: bool | None = Field(
+        default=None, description="false: the whole image is one face (already cropped); default true."
+    )
+
+
+class StreamControl(_Request, FaceOptions):
+    """Optional JSON text message a stream client may send at any time; only the fields present change."""
 
     smoothing: float | None = Field(
         default=None, ge=0.0, lt=1.0, description="EMA factor for per-track scores."
     )
-    max_faces: int | None = Field(default=None, ge=1, le=100)
-    min_confidence: float | None = Field(default=None, ge=0.0, le=1.0)
-    detect: bool | None = None
 
 
 class ErrorDetail(_Reply):

@@ -23,6 +23,12 @@ def chw(img: np.ndarray) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
+def ov_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One OpenVINO cache for the module: each model is converted once, then read back."""
+    return tmp_path_factory.mktemp("openvino-cache")
+
+
+@pytest.fixture(scope="module")
 def frames(astronaut: np.ndarray) -> list[torch.Tensor]:
     """Real photos at several sizes and framings, with 1-3 faces and none."""
     canvas = np.full((480, 640, 3), 90, np.uint8)
@@ -46,13 +52,13 @@ def test_resolve_backend() -> None:
 
 @needs_openvino
 @pytest.mark.parametrize("precision", ["auto", "f32"])
-def test_ssd_parity(frames: list[torch.Tensor], precision: str) -> None:
+def test_ssd_parity(frames: list[torch.Tensor], precision: str, ov_cache: Path) -> None:
     """Same faces (IoU >= 0.9, score within 0.02) as torch, one frame at a time and as a batch."""
     ref = build_detector("ssd")
     fast = build_detector("ssd")
     assert isinstance(fast, SSDFaceDetector)
     example = fast.preprocess([torch.zeros((3, 300, 300), dtype=torch.uint8)])
-    fast.model = compile_module(fast.model, example, "openvino", precision=precision)  # type: ignore[arg-type]
+    fast.model = compile_module(fast.model, example, "openvino", precision=precision, cache_dir=ov_cache)  # type: ignore[arg-type]
     expected = ref.detect(frames)
     assert [len(d) for d in expected] == [1, 3, 1, 1, 0]
     for got in (fast.detect(frames), [fast.detect([f])[0] for f in frames]):
@@ -66,10 +72,10 @@ def test_ssd_parity(frames: list[torch.Tensor], precision: str) -> None:
 
 @needs_openvino
 @pytest.mark.parametrize("precision", ["auto", "f32"])
-def test_classifier_parity(frames: list[torch.Tensor], precision: str) -> None:
+def test_classifier_parity(frames: list[torch.Tensor], precision: str, ov_cache: Path) -> None:
     """The bundled model's probabilities on real face crops: within 0.03 (bf16) / 1e-4 (f32) of torch."""
     ref = EmotionClassifier()
-    fast = EmotionClassifier(backend="openvino", precision=precision)  # type: ignore[arg-type]
+    fast = EmotionClassifier(backend="openvino", precision=precision, cache_dir=ov_cache)  # type: ignore[arg-type]
     dets = build_detector("ssd").detect(frames[:4])
     rng = np.random.default_rng(0)
     crops = []
@@ -103,6 +109,7 @@ def test_flip_tta_averages_the_mirror_image(astronaut: np.ndarray) -> None:
 @pytest.mark.parametrize("backend", ["torch", "auto"])
 def test_pipeline_with_flip_tta(backend: str, astronaut: np.ndarray, tiny_checkpoint: Path) -> None:
     """The server's pipeline builder honours the backend and flip TTA settings end to end."""
+    from server.api.options import default_options
     from server.config import Settings
     from server.pipeline.decode import DecodedImage
     from server.pipeline.runner import Job, build_pipeline
@@ -113,5 +120,5 @@ def test_pipeline_with_flip_tta(backend: str, astronaut: np.ndarray, tiny_checkp
     assert isinstance(pipe.detector, SSDFaceDetector)
     expect_ov = resolve_backend(backend, "cpu") == "openvino"
     assert isinstance(pipe.detector.model, torch.nn.Module) is not expect_ov
-    result = pipe.run([Job(DecodedImage(chw(astronaut), 0.0))])[0]
+    result = pipe.run([Job(DecodedImage(chw(astronaut), 0.0), default_options(settings))])[0]
     assert len(result.faces) == 1 and abs(float(result.faces[0].probs.sum()) - 1.0) < 1e-4

@@ -15,8 +15,9 @@ import cv2
 import numpy as np
 import pytest
 
-from client.capture import CaptureThread, ImageDirSource, LatestFrame, VideoSource, resize_to_width
+from client.capture import CaptureThread, LatestFrame
 from client.cli import EXIT_USAGE, main
+from client.cv_capture import ImageDirSource, VideoSource, resize_to_width
 from client.errors import UsageError
 from client.overlay import HudStats, draw_emoji, draw_result
 from client.plot import load_tracks, plot_session, session_figure

@@ -11,16 +11,21 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
+from server.cli import load_settings
+from server.config import Settings
 from server.pipeline.detect import (
+    DETECTORS,
     Detections,
+    DetectorOptions,
     DetectorWeightsError,
     FaceDetector,
     SSDFaceDetector,
     build_detector,
     locate_weights,
 )
-from server.pipeline.detect.caffe import load_converted
-from server.pipeline.detect.ssd import cv2_resize_linear, prototxt_for_layout
+from server.pipeline.detect.cache import load_converted
+from server.pipeline.detect.layouts import prototxt_for_layout
+from server.pipeline.detect.resize import cv2_resize_linear
 
 # Where the astronaut's face is in skimage's 512x512 photo (checked by eye).
 ASTRONAUT_FACE = (170, 20, 290, 200)
@@ -163,13 +168,13 @@ def test_per_call_overrides(ssd: FaceDetector, canvas: np.ndarray) -> None:
 def test_min_face_size_and_small_input(astronaut: np.ndarray, canvas: np.ndarray) -> None:
     img = chw(canvas)
     # The canvas face boxes' short sides are about 68, 81 and 95 px: a 75 px minimum drops one.
-    big_only = build_detector(min_face_size=75).detect([img])[0]
+    big_only = build_detector(options=DetectorOptions(min_face_size=75)).detect([img])[0]
     assert len(big_only) == 2
     sides = torch.minimum(
         big_only.boxes[:, 2] - big_only.boxes[:, 0], big_only.boxes[:, 3] - big_only.boxes[:, 1]
     )
     assert (sides >= 75).all()
-    fast = build_detector(input_size=(160, 120))
+    fast = build_detector(options=DetectorOptions(input_size=(160, 120)))
     (det,) = fast.detect([chw(astronaut)])
     assert len(det) == 1
     assert box_iou(det.boxes, torch.tensor([ASTRONAUT_FACE], dtype=torch.float32)).item() > 0.3
@@ -201,14 +206,10 @@ def test_parity_with_cv2_dnn(
     IoU >= 0.98 and a score within 1e-3, for both head layouts."""
     threshold = 0.2
     net = cv2_net(layout, tmp_path)
-    det = SSDFaceDetector(
-        locate_weights(),
-        score_threshold=threshold,
-        max_faces=200,
-        min_face_size=0,
-        input_size=input_size,
-        layout=layout,
+    options = DetectorOptions(
+        score_threshold=threshold, max_faces=200, min_face_size=0, input_size=input_size
     )
+    det = SSDFaceDetector(locate_weights(), options, layout=layout)
     photos = {
         "astronaut": astronaut,
         "canvas": canvas,
@@ -264,8 +265,59 @@ def test_weights_cached_outside_repo(tmp_path: Path) -> None:
     cached = list(tmp_path.glob("res10-ssd-*.safetensors"))
     assert len(cached) == 1
     second = load_converted(files, tmp_path)
-    assert first.keys() == second.keys()
-    assert all(torch.equal(first[k], second[k]) for k in first)
+    uncached = load_converted(files, None)  # no cache folder: converted in memory, nothing written
+    for other in (second, uncached):
+        assert first.keys() == other.keys()
+        assert all(torch.equal(first[k], other[k]) for k in first)
+    assert list(tmp_path.iterdir()) == cached
+
+
+def test_cache_dir_comes_from_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_checkpoint: Path
+) -> None:
+    """``EMOTION_CACHE_DIR`` as before; unset or empty: ``$XDG_CACHE_HOME/emotion-service``."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("EMOTION_CACHE_DIR", str(tmp_path / "cache"))
+    assert Settings(checkpoint=tiny_checkpoint).cache_dir == tmp_path / "cache"
+    for unset in ("", None):
+        if unset is None:
+            monkeypatch.delenv("EMOTION_CACHE_DIR")
+        else:
+            monkeypatch.setenv("EMOTION_CACHE_DIR", unset)
+        assert Settings(checkpoint=tiny_checkpoint).cache_dir == tmp_path / "xdg" / "emotion-service"
+
+
+def test_one_registry_of_detector_names(tiny_checkpoint: Path) -> None:
+    """Settings, the command line and build_detector accept exactly the registered names."""
+    assert DETECTORS == ("ssd", "haar")
+    for name in DETECTORS:
+        settings = load_settings(
+            ["--detector", name, "--checkpoint", str(tiny_checkpoint), "--max-faces", "3"]
+        )
+        det = build_detector(settings.detector, settings.detector_options())
+        assert det.name == name
+        assert det.options == DetectorOptions(max_faces=3)  # type: ignore[attr-defined]
+    with pytest.raises(SystemExit):
+        load_settings(["--detector", "yolo"])
+    with pytest.raises(ValueError, match="detector"):
+        Settings(checkpoint=tiny_checkpoint, detector="yolo")
+    with pytest.raises(ValueError, match="unknown detector"):
+        build_detector("yolo")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        ({"score_threshold": 1.5}, "score_threshold"),
+        ({"max_faces": 0}, "max_faces"),
+        ({"min_face_size": -1}, "min_face_size"),
+        ({"input_size": (300, 16)}, "input_size"),
+        ({"input_size": (300,)}, "input_size"),
+    ],
+)
+def test_detector_options_are_validated(bad: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        DetectorOptions(**bad)  # type: ignore[arg-type]
 
 
 def test_clear_errors(tmp_path: Path) -> None:
@@ -273,8 +325,6 @@ def test_clear_errors(tmp_path: Path) -> None:
         build_detector(weights_dir=tmp_path)
     with pytest.raises(DetectorWeightsError, match="no_such_face_package"):
         locate_weights(package="no_such_face_package")
-    with pytest.raises(ValueError, match="unknown detector"):
-        build_detector("yolo")
     with pytest.raises(ValueError, match="uint8"):
         build_detector().detect([torch.zeros((3, 10, 10))])
 

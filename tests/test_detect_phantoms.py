@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from server.pipeline.detect import Detections, SSDFaceDetector, locate_weights
+from server.pipeline.detect import Detections, DetectorOptions, SSDFaceDetector, locate_weights
 
 # The astronaut's head in skimage's 512x512 photo, with some hair and collar (checked by eye).
 HEAD = (150, 10, 310, 230)  # x1, y1, x2, y2
@@ -126,7 +126,8 @@ def test_trained_layout_is_the_inner_cells_of_the_deploy_maps(
     """Same weights, no retraining: the first four heads are unchanged, and the unpadded conv8_2
     computes exactly the deploy net's inner conv8_2 cells (the heads then see those, zero-padded)."""
     trained, deploy = (
-        SSDFaceDetector(locate_weights(), input_size=size, layout=layout) for layout in ("trained", "deploy")
+        SSDFaceDetector(locate_weights(), DetectorOptions(input_size=size), layout=layout)
+        for layout in ("trained", "deploy")
     )
     blob = trained.preprocess([chw(astronaut)])
     maps: dict[str, torch.Tensor] = {}

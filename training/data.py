@@ -79,6 +79,21 @@ class FaceDataset:
         return h.hexdigest()[:16]
 
 
+def concat(parts: list[FaceDataset]) -> FaceDataset:
+    """One dataset of several (e.g. FER2013's train split and photo crops), in the given order."""
+    skipped: dict[str, dict[str, int]] = {}
+    for part in parts:
+        for split, counts in part.skipped.items():
+            for cls, n in counts.items():
+                skipped.setdefault(split, {})[cls] = skipped.get(split, {}).get(cls, 0) + n
+    return FaceDataset(
+        np.concatenate([p.images for p in parts]),
+        np.concatenate([p.labels for p in parts]),
+        np.concatenate([p.splits for p in parts]),
+        skipped,
+    )
+
+
 def to_gray(data: bytes | Image.Image, size: int) -> np.ndarray:
     """An image as the classifier trains on it: PIL's "L" (BT.601), then PIL's bilinear resize to
     ``size`` x ``size``. The server's crop and evaluation's resize agree with this to one grey level

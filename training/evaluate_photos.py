@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from server.api.options import default_options
 from server.config import Settings
 from server.model.checkpoint import CropSpec, file_digest
 from server.pipeline.crop import crop_faces
 from server.pipeline.decode import DecodedImage, DecodeError, decode_image
-from server.pipeline.runner import Job, JobResult, Pipeline, PredictOptions
+from server.pipeline.runner import Job, JobResult, Pipeline
 from shared.emotions import canonical_emotion
 from training.data import IMAGE_SUFFIXES
 from training.scoring import classification_metrics
@@ -77,13 +78,7 @@ def build_server_pipeline(
         from server.pipeline.detect import SSDFaceDetector, locate_weights
 
         pipeline.detector = SSDFaceDetector(
-            locate_weights(),
-            device,
-            cfg.score_threshold,
-            cfg.max_faces,
-            cfg.min_face_size,
-            cfg.detector_input_size,
-            layout=detector_layout,
+            locate_weights(), cfg.detector_options(), device, cfg.cache_dir, layout=detector_layout
         )
     return pipeline, cfg
 
@@ -95,7 +90,7 @@ def _decode(photo: Photo, max_pixels: int) -> DecodedImage | None:
         return None
 
 
-def _batches(
+def decoded_batches(
     photos: Sequence[Photo], size: int, max_pixels: int, threads: int
 ) -> Iterator[list[tuple[Photo, DecodedImage | None]]]:
     """Decoded photos in batches, decoding the next batch while the caller runs this one."""
@@ -131,8 +126,7 @@ def evaluate_photos(
 
     pipeline, cfg = build_server_pipeline(checkpoint, device, crop, detector_layout)
     classes = pipeline.classifier.classes
-    # What POST /v1/predict uses when a request sets no limits.
-    options = PredictOptions(detect=True, max_faces=cfg.max_faces, min_confidence=cfg.score_threshold)
+    options = default_options(cfg)  # what POST /v1/predict uses when a request sets no limits
     max_pixels = cfg.max_pixels
     photos = list_photos(data, limit, seed)
     skipped: Counter[str] = Counter(p.folder for p in photos if p.label not in classes)
@@ -144,7 +138,7 @@ def evaluate_photos(
     grid_correct = np.zeros(len(framings), dtype=np.int64)
     per_photo: list[dict[str, Any]] = []
     bar = tqdm(total=len(scored), unit="photo", disable=not progress, desc="photos")
-    for batch in _batches(scored, batch_size, max_pixels, decode_threads):
+    for batch in decoded_batches(scored, batch_size, max_pixels, decode_threads):
         good = [(p, img) for p, img in batch if img is not None]
         undecodable += [str(p.path) for p, img in batch if img is None]
         results: list[JobResult] = pipeline.run([Job(img, options) for _, img in good]) if good else []

@@ -7,6 +7,7 @@ test split (PrivateTest) is never looked at here, only by `emotion-eval`.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import time
@@ -27,7 +28,7 @@ from server.model.resnet import STEMS, build_resnet18
 from server.pipeline.preprocess import normalize
 from shared.emotions import EMOTIONS
 from training.augment import AugmentConfig, augment_batch
-from training.data import FaceDataset, load_dataset
+from training.data import FaceDataset, concat, load_dataset
 from training.scoring import predict_proba
 
 MEAN, STD = 0.5, 0.25  # FER2013 pixel mean/std are 0.507/0.255; round numbers are recorded in the checkpoint
@@ -81,6 +82,15 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="stop after N epochs of this invocation (time-boxed jobs); continue later with --resume",
+    )
+    p.add_argument(
+        "--extra-train",
+        metavar="DIR",
+        help="more faces (e.g. python -m training.photo_crops output): its train split joins FER2013's; "
+        "its public split is scored each epoch as val_acc_extra (model selection stays on --data)",
+    )
+    p.add_argument(
+        "--extra-repeat", type=int, help="times the --extra-train faces appear per epoch (default 1)"
     )
     p.add_argument("--name", default="emotion-resnet18")
     return p
@@ -252,6 +262,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         flush=True,
     )
 
+    extra_val = None
+    if args.extra_train:
+        extra = select_classes(load_dataset(args.extra_train, size=args.input_size, seed=args.seed), classes)
+        fingerprint = hashlib.sha256(f"{fingerprint}+{extra.fingerprint()}".encode()).hexdigest()[:16]
+        extra_train = extra.subset("train")
+        train = concat([train, *[extra_train] * (args.extra_repeat or 1)])
+        extra_val = extra.subset("public") if "public" in extra.splits else None
+        print(
+            f"extra {args.extra_train}: {extra.split_counts()}, train x{args.extra_repeat or 1}",
+            flush=True,
+        )
     images = torch.from_numpy(train.images).to(device)
     labels = torch.from_numpy(train.labels).to(device)
     model = build_resnet18(len(classes), 1, args.stem)
@@ -328,6 +349,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             candidates["ema"] = ema.module
         for tag, m in candidates.items():
             row[f"val_acc_{tag}"] = evaluate(m, val, device, args.val_tta, size)
+            if extra_val is not None:
+                row[f"val_acc_extra_{tag}"] = evaluate(m, extra_val, device, args.val_tta, size)
         tag, acc = max(((t, row[f"val_acc_{t}"]) for t in candidates), key=lambda kv: kv[1])
         row["epoch_s"] = time.perf_counter() - t0
         # A model is only selectable once it trains at the size its checkpoint declares:

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.errors import error_body
+from server.errors import ERRORS, InvalidHost, json_reply
 
 PROBES = frozenset({"/healthz", "/readyz"})
 
@@ -55,11 +54,12 @@ class AllowedHosts:
         if host_allowed(host, self.hosts):
             await self.app(scope, receive, send)
             return
+        spec = ERRORS[InvalidHost]
         runtime = getattr(getattr(scope.get("app"), "state", None), "runtime", None)
         if runtime is not None:
-            runtime.metrics.errors.labels(code="invalid_host").inc()
+            runtime.metrics.errors.labels(code=spec.code).inc()
         if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008, "reason": "host not allowed"})
+            await send({"type": "websocket.close", "code": spec.close, "reason": "host not allowed"})
             return
-        body = error_body("invalid_host", "the Host header names a host this server does not serve")
-        await JSONResponse(body, status_code=400)(scope, receive, send)
+        error = InvalidHost("the Host header names a host this server does not serve")
+        await json_reply(error)(scope, receive, send)

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from server.deps import ApiKey, RuntimeDep
-from server.errors import ApiError, NotReady
+from server.errors import LoadFailed, NotReady
 from server.metrics import CONTENT_TYPE
 from shared.protocol import ErrorBody
 
@@ -24,16 +24,6 @@ METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}}},
     401: {"model": ErrorBody, "description": "missing or invalid API key"},
 }
-
-
-class LoadFailed(ApiError):
-    """The probes are open, so they say only that loading failed; the path and the exception
-    are in the server log (``model loading failed``), where an operator looks."""
-
-    status, code = 503, "load_failed"
-
-    def __init__(self) -> None:
-        super().__init__("model failed to load; see the server log")
 
 
 @router.get(

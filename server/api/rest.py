@@ -19,6 +19,8 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
+from server.api.options import resolve_options
+from server.api.replies import predict_response
 from server.deps import ApiKey, ReadyRuntimeDep, RuntimeDep
 from server.errors import (
     BadRequest,
@@ -28,17 +30,20 @@ from server.errors import (
     UnsupportedMediaType,
 )
 from server.pipeline.runner import Job
-from shared.protocol import ErrorBody, PredictResponse
+from shared.protocol import ErrorBody, FaceOptions, PredictResponse
 
 router = APIRouter(prefix="/v1", tags=["predict"], dependencies=[ApiKey])
 T = TypeVar("T")
 
-RAW_TYPES = frozenset({"", "image/jpeg", "image/jpg", "image/png", "image/webp", "application/octet-stream"})
+#: Raw image bodies, as documented; the format is sniffed from the bytes whatever the type says.
+RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
+#: Also taken: no type at all, and the common misspelling.
+RAW_TYPES = frozenset({"", "image/jpg", *RAW_IMAGE_TYPES})
 #: Multipart framing (boundaries, part headers) may add this much on top of the image limit.
 MULTIPART_OVERHEAD = 64 * 1024
 IMAGE_FIELDS = ("image", "file")  # "image" is the documented name; "file" is accepted for curl habits
 
-ERRORS: dict[int | str, dict[str, Any]] = {
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": what}
     for code, what in {
         400: "corrupt image, empty body or malformed multipart",
@@ -59,7 +64,7 @@ PREDICT_BODY: dict[str, Any] = {
         "required": True,
         "description": "The image bytes (format sniffed from the bytes), or a form with the file in 'image'.",
         "content": {
-            **{ctype: _BINARY for ctype in sorted(RAW_TYPES - {""})},
+            **{ctype: _BINARY for ctype in RAW_IMAGE_TYPES},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
@@ -70,14 +75,6 @@ PREDICT_BODY: dict[str, Any] = {
         },
     }
 }
-
-
-class PredictQuery(BaseModel):
-    max_faces: int | None = Field(
-        default=None, ge=1, le=100, description="At most this many faces (most confident)."
-    )
-    min_confidence: float | None = Field(default=None, ge=0.0, le=1.0, description="Minimum detector score.")
-    detect: bool = Field(default=True, description="false: the whole image is one face (already cropped).")
 
 
 class ModelInfo(BaseModel):
@@ -194,28 +191,28 @@ async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
 @router.post(
     "/predict",
     response_model=PredictResponse,
-    responses=ERRORS,
+    responses=ERROR_RESPONSES,
     summary="Faces and emotions in one image",
     openapi_extra=PREDICT_BODY,
 )
 async def predict(
-    request: Request, runtime: ReadyRuntimeDep, query: Annotated[PredictQuery, Query()]
+    request: Request, runtime: ReadyRuntimeDep, query: Annotated[FaceOptions, Query()]
 ) -> PredictResponse:
     start = time.perf_counter()
     settings = runtime.settings
     data = await read_image_bytes(request, settings.max_body_bytes, settings.body_timeout_s)
     analyzer = runtime.analyzer
     assert analyzer is not None  # ReadyRuntimeDep
-    options = analyzer.options(query.max_faces, query.min_confidence, query.detect)
+    options = resolve_options(settings, query)
     image = await unless_client_leaves(request, runtime.decode(data))
     result = await unless_client_leaves(request, runtime.infer(Job(image, options)))
-    return analyzer.response(image, result, start)
+    return predict_response(image, result, analyzer.classes, analyzer.model, start)
 
 
 @router.get(
     "/info",
     response_model=InfoResponse,
-    responses={401: ERRORS[401]},
+    responses={401: ERROR_RESPONSES[401]},
     summary="Classes, model metadata, detector, device, limits",
 )
 async def info(runtime: RuntimeDep) -> InfoResponse:

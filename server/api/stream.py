@@ -12,9 +12,10 @@ so the newest frame received is always the one answered next.
 Limits on what one connection may hold: a text (control) message over
 ``MAX_CONTROL_BYTES`` is refused unparsed, error replies are at most
 ``MAX_ERROR_CHARS`` long, a stream that sends no frame for
-``EMOTION_STREAM_IDLE_TIMEOUT_S`` is closed with ``WS_IDLE_TIMEOUT`` (4408), a page
-from another origin is refused (1008), and ``EMOTION_MAX_STREAMS_PER_CLIENT`` caps the
-slots one client (API key, else address) may hold. Protocol: docs/protocol.md.
+``EMOTION_STREAM_IDLE_TIMEOUT_S`` is closed with 4408, a page from another origin is
+refused (1008), and ``EMOTION_MAX_STREAMS_PER_CLIENT`` caps the slots one client (API key,
+else address) may hold. Every close for an error takes its code from the error's row in
+:data:`server.errors.ERRORS`, as the HTTP replies do. Protocol: docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -24,24 +25,38 @@ import contextlib
 import hashlib
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import numpy as np
 from fastapi import APIRouter, WebSocket
 from pydantic import ValidationError
-from starlette import status
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from server.api.options import default_options, resolve_options
+from server.api.replies import stream_result
 from server.config import Settings
-from server.deps import RuntimeDep, key_is_valid, presented_key
-from server.errors import error_body
-from server.pipeline.batcher import BatcherClosed, BatcherFull
-from server.pipeline.decode import DecodeError, ImageTooLarge
-from server.pipeline.runner import Job, PredictOptions, face_result
+from server.deps import RuntimeDep, get_ready_runtime, key_is_valid, presented_key
+from server.errors import (
+    INTERNAL,
+    ApiError,
+    Forbidden,
+    Overloaded,
+    PayloadTooLarge,
+    RequestTimeout,
+    Unauthorized,
+    UnsupportedMediaType,
+    client_message,
+    error_body,
+    spec_for,
+)
+from server.metrics import Metrics
+from server.pipeline.batcher import BatcherFull
+from server.pipeline.decode import DecodeError
+from server.pipeline.runner import Job
 from server.pipeline.track import Tracker
 from server.runtime import Runtime
-from shared.protocol import ImageInfo, StreamControl, StreamResult, Timing
+from shared.protocol import StreamControl
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["stream"])
@@ -52,16 +67,19 @@ MAX_REASON_BYTES = 123  # RFC 6455: a close reason fits in a 125-byte control fr
 MAX_CONTROL_BYTES = 4096
 #: Error replies name the first few problems, not all of them (a reply must not outgrow its cause).
 MAX_ERROR_CHARS = 300
-#: Private-use close code (4000-4999) for "no frame within EMOTION_STREAM_IDLE_TIMEOUT_S", after HTTP 408.
-WS_IDLE_TIMEOUT = 4408
 
 
 class StreamClosed(Exception):
-    """Raised inside a session to close the connection with ``code`` and ``reason``."""
+    """Ends a session with close ``code`` and ``reason``; errors raised in a session become one
+    by their row in :data:`server.errors.ERRORS` (:meth:`for_error`)."""
 
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.code, self.reason = code, reason
+
+    @classmethod
+    def for_error(cls, exc: BaseException, reason: str | None = None) -> StreamClosed:
+        return cls(spec_for(exc).close, client_message(exc) if reason is None else reason)
 
 
 @dataclass
@@ -133,7 +151,7 @@ class StreamSession:
         self.ws = ws
         self.runtime = runtime
         settings = runtime.settings
-        self.options = PredictOptions(max_faces=settings.max_faces, min_confidence=settings.score_threshold)
+        self.options = default_options(settings)
         self.smoothing = 0.0
         self.tracker = Tracker()
         self.bucket = TokenBucket(settings.stream_max_fps)
@@ -179,14 +197,15 @@ class StreamSession:
             self.done.set()
 
     def _close_for(self, exc: BaseException) -> tuple[int, str] | None:
-        if isinstance(exc, StreamClosed):
-            self.runtime.metrics.errors.labels(code=f"ws_{exc.code}").inc()
-            return exc.code, exc.reason
         if isinstance(exc, WebSocketDisconnect | OSError):
             return None  # the client left
-        log.error("stream failed", exc_info=exc)
-        self.runtime.metrics.errors.labels(code="internal_error").inc()
-        return status.WS_1011_INTERNAL_ERROR, "internal server error"
+        closed = exc if isinstance(exc, StreamClosed) else StreamClosed.for_error(exc)
+        label = f"ws_{closed.code}"
+        if not isinstance(exc, StreamClosed) and spec_for(exc) is INTERNAL:
+            log.error("stream failed", exc_info=exc)
+            label = INTERNAL.code  # a bug counts as one, whichever surface it hit
+        self.runtime.metrics.errors.labels(code=label).inc()
+        return closed.code, closed.reason
 
     async def close(self, code: int, reason: str) -> None:
         """Ask the session to finish (used at shutdown) and wait until it has."""
@@ -212,7 +231,7 @@ class StreamSession:
                         and not self.busy
                         and time.monotonic() - self.last_activity >= idle
                     ):
-                        raise StreamClosed(WS_IDLE_TIMEOUT, f"no frame for {idle:g} s") from None
+                        raise RequestTimeout(f"no frame for {idle:g} s") from None
                     continue  # a frame is still being answered: the client is waiting, not idle
             else:
                 message = await self.ws.receive()
@@ -228,11 +247,9 @@ class StreamSession:
         self.received += 1
         limit = self.runtime.settings.max_body_bytes
         if len(data) > limit:
-            raise StreamClosed(
-                status.WS_1009_MESSAGE_TOO_BIG, f"frame {index} is {len(data)} bytes; limit {limit}"
-            )
+            raise PayloadTooLarge(f"frame {index} is {len(data)} bytes; limit {limit}")
         if not data.startswith(JPEG_MAGIC):
-            raise StreamClosed(status.WS_1003_UNSUPPORTED_DATA, f"frame {index} is not a JPEG")
+            raise UnsupportedMediaType(f"frame {index} is not a JPEG")
         self.last_activity = time.monotonic()
         if self.pending is not None:
             self._drop("rate_limit" if self.throttled else "superseded")
@@ -265,16 +282,7 @@ class StreamSession:
             return
         if control.smoothing is not None:
             self.smoothing = control.smoothing
-        settings = self.runtime.settings
-        changes: dict[str, object] = {}
-        if control.max_faces is not None:
-            changes["max_faces"] = min(control.max_faces, settings.max_faces)
-        if control.min_confidence is not None:
-            changes["min_confidence"] = control.min_confidence
-        if control.detect is not None:
-            changes["detect"] = control.detect
-        if changes:
-            self.options = replace(self.options, **changes)  # type: ignore[arg-type]
+        self.options = resolve_options(self.runtime.settings, control, self.options)
 
     # ------------------------------------------------------------------ processing
 
@@ -305,38 +313,19 @@ class StreamSession:
         runtime = self.runtime
         try:
             image = await runtime.decode(frame.data, formats=("JPEG",))
-        except ImageTooLarge as exc:
-            raise StreamClosed(status.WS_1009_MESSAGE_TOO_BIG, f"frame {frame.index}: {exc}") from exc
-        except DecodeError as exc:
-            raise StreamClosed(status.WS_1003_UNSUPPORTED_DATA, f"frame {frame.index}: {exc}") from exc
-        try:
             result = await runtime.infer(Job(image, self.options))
+        except DecodeError as exc:
+            raise StreamClosed.for_error(exc, f"frame {frame.index}: {client_message(exc)}") from exc
         except BatcherFull:
-            self._drop("overload")
+            self._drop("overload")  # load shedding, not a failure: the frame is dropped, the stream goes on
             return
-        except BatcherClosed as exc:
-            raise StreamClosed(status.WS_1001_GOING_AWAY, "server shutting down") from exc
-        classes = runtime.classes
         ids = self.tracker.update(np.array([f.box for f in result.faces], dtype=np.float64).reshape(-1, 4))
-        faces = [
-            face_result(
-                f, classes, image.width, image.height, self.tracker.smooth(tid, f.probs, self.smoothing), tid
-            )
+        tracks = [
+            (tid, self.tracker.smooth(tid, f.probs, self.smoothing))
             for f, tid in zip(result.faces, ids, strict=True)
         ]
         dropped, self.dropped = self.dropped, 0
-        reply = StreamResult(
-            frame=frame.index,
-            faces=faces,
-            image=ImageInfo(width=image.width, height=image.height),
-            timing_ms=Timing(
-                decode=round(image.decode_ms, 3),
-                detect=round(result.detect_ms, 3),
-                classify=round(result.classify_ms, 3),
-                total=round((time.perf_counter() - frame.received) * 1000.0, 3),
-            ),
-            dropped=dropped,
-        )
+        reply = stream_result(frame.index, image, result, runtime.classes, tracks, dropped, frame.received)
         await self._send(reply.model_dump(mode="json"))
         runtime.metrics.frames.inc()
         runtime.metrics.frame_latency.observe(time.perf_counter() - frame.received)
@@ -346,33 +335,31 @@ class StreamSession:
             await self.ws.send_json(payload)
 
 
+async def refuse(ws: WebSocket, metrics: Metrics, error: ApiError) -> None:
+    """Accept, then close as the error table says: the client sees the close code and reason
+    (a refused handshake would only show an HTTP status)."""
+    spec = spec_for(error)
+    metrics.errors.labels(code=f"ws_{spec.close}").inc()
+    await ws.accept()
+    await close_ws(ws, spec.close, client_message(error, spec))
+
+
 @router.websocket("/v1/stream")
 async def stream(websocket: WebSocket, runtime: RuntimeDep) -> None:
-    """Refusals (bad key, not ready, too many streams) accept first, so the close code and reason
-    reach the client (a refused handshake would only show an HTTP status)."""
+    """Refused (bad origin or key, not ready, too many streams) right after the handshake."""
     metrics = runtime.metrics
     settings = runtime.settings
-    if not origin_allowed(websocket, settings):
-        metrics.errors.labels(code="ws_1008").inc()
-        await websocket.accept()
-        await close_ws(websocket, status.WS_1008_POLICY_VIOLATION, "origin not allowed")
-        return
-    if not key_is_valid(settings, presented_key(websocket, allow_query=True)):
-        metrics.errors.labels(code="ws_1008").inc()
-        await websocket.accept()
-        await close_ws(websocket, status.WS_1008_POLICY_VIOLATION, "missing or invalid API key")
-        return
-    if not runtime.ready:
-        metrics.errors.labels(code="ws_1013").inc()
-        await websocket.accept()
-        await close_ws(websocket, status.WS_1013_TRY_AGAIN_LATER, "model is loading; try again later")
-        return
-    session = StreamSession(websocket, runtime)
-    refusal = runtime.streams.try_add(session, client_key(websocket, settings))
-    if refusal is not None:
-        metrics.errors.labels(code="ws_1013").inc()
-        await websocket.accept()
-        await close_ws(websocket, status.WS_1013_TRY_AGAIN_LATER, f"{refusal}; try again later")
+    try:
+        if not origin_allowed(websocket, settings):
+            raise Forbidden("origin not allowed")
+        if not key_is_valid(settings, presented_key(websocket, allow_query=True)):
+            raise Unauthorized()
+        get_ready_runtime(runtime)
+        session = StreamSession(websocket, runtime)
+        if (refusal := runtime.streams.try_add(session, client_key(websocket, settings))) is not None:
+            raise Overloaded(f"{refusal}; try again later")
+    except ApiError as exc:
+        await refuse(websocket, metrics, exc)
         return
     metrics.active_streams.inc()
     try:

@@ -31,8 +31,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from server.pipeline.detect.caffe import default_cache_dir
-
 log = logging.getLogger(__name__)
 #: Bump when what is cached changes meaning (the wrapper, the conversion options).
 IR_VERSION = 1
@@ -96,10 +94,13 @@ class OpenVINOModule:
 
     def _converted(self, module: nn.Module, example: torch.Tensor, cache_dir: str | Path | None) -> Any:
         """The OpenVINO model of ``module``: converting traces it (~10 s on 2 cores), so the result is
-        cached in ``cache_dir`` under a key of the weights, the input shape and the OpenVINO version.
-        The cache is an optimisation only: an unreadable or unwritable one costs a conversion."""
+        cached in ``cache_dir`` (``None``: not cached) under a key of the weights, the input shape and
+        the OpenVINO version. The cache is an optimisation only: an unreadable or unwritable one
+        costs a conversion."""
         import openvino as ov
 
+        if cache_dir is None:
+            return self._convert(module, example)
         key = hashlib.sha256()
         for name, value in module.state_dict().items():
             key.update(name.encode())
@@ -110,22 +111,14 @@ class OpenVINOModule:
         key.update(
             f"{type(module).__qualname__} {tuple(example.shape[1:])} {ov.__version__} v{IR_VERSION}".encode()
         )
-        cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        cache = Path(cache_dir)
         xml = cache / f"openvino-{type(module).__name__.lower()}-{key.hexdigest()[:16]}.xml"
-        core = ov.Core()
         if xml.is_file():
             try:
-                return core.read_model(str(xml))
+                return ov.Core().read_model(str(xml))
             except RuntimeError as exc:
                 log.warning("ignoring unreadable OpenVINO cache %s: %s", xml, exc)
-        shape = ov.PartialShape([-1, *example.shape[1:]])
-        with warnings.catch_warnings():  # the converter traces: tracer and deprecation warnings only
-            warnings.simplefilter("ignore")
-            converted = ov.convert_model(
-                _TensorOutputs(module, self._structure),
-                example_input=example.contiguous(),
-                input=[(shape, ov.Type.f32)],
-            )
+        converted = self._convert(module, example)
         try:
             cache.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=cache, suffix=".tmp"))
@@ -138,6 +131,18 @@ class OpenVINOModule:
         except (OSError, RuntimeError) as exc:
             log.warning("could not cache the OpenVINO model in %s: %s", cache, exc)
         return converted
+
+    def _convert(self, module: nn.Module, example: torch.Tensor) -> Any:
+        import openvino as ov
+
+        shape = ov.PartialShape([-1, *example.shape[1:]])
+        with warnings.catch_warnings():  # the converter traces: tracer and deprecation warnings only
+            warnings.simplefilter("ignore")
+            return ov.convert_model(
+                _TensorOutputs(module, self._structure),
+                example_input=example.contiguous(),
+                input=[(shape, ov.Type.f32)],
+            )
 
     def _request(self) -> Any:
         req = getattr(self._local, "request", None)
@@ -194,8 +199,8 @@ def compile_module(
 ) -> Any:
     """``module`` itself for the torch backend, else its OpenVINO build (same call, same outputs).
 
-    ``cache_dir``: where converted models are kept (default ``$EMOTION_CACHE_DIR`` or
-    ``~/.cache/emotion-service``, shared with the detector's converted weights)."""
+    ``cache_dir``: where converted models are kept (the server passes ``Settings.cache_dir``,
+    shared with the detector's converted weights); ``None`` converts without caching."""
     if backend == "torch":
         return module
     if backend != "openvino":

@@ -17,7 +17,8 @@ class EmotionClassifier:
     Input crops are (N, 1, S, S) grayscale in [0, 255] at ``meta.input_size``; output
     probabilities are (N, C) in ``meta.classes`` order. With ``flip_tta`` each crop's
     probabilities are averaged with its mirror image's (one batch of 2N), as
-    ``emotion-eval --tta flip`` does.
+    ``emotion-eval --tta flip`` does. ``cache_dir`` keeps the OpenVINO build of the model
+    (:func:`~server.pipeline.backend.compile_module`).
     """
 
     def __init__(
@@ -28,6 +29,7 @@ class EmotionClassifier:
         threads: int | None = None,
         precision: Precision = "auto",
         flip_tta: bool = False,
+        cache_dir: str | Path | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.model, self.meta = load_checkpoint(checkpoint, self.device)
@@ -40,7 +42,7 @@ class EmotionClassifier:
         self.backend = backend
         size = self.meta.input_size
         example = torch.zeros((1, self.meta.in_channels, size, size), device=self.device)
-        self.model = compile_module(self.model, example, backend, threads, precision)
+        self.model = compile_module(self.model, example, backend, threads, precision, cache_dir)
 
     @property
     def classes(self) -> list[str]:

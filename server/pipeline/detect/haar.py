@@ -10,15 +10,17 @@ import cv2
 import numpy as np
 import torch
 
-from server.pipeline.detect.caffe import DetectorFiles, DetectorWeightsError
+from server.pipeline.detect.files import DetectorFiles, DetectorWeightsError
+from server.pipeline.detect.inputs import as_rgb
+from server.pipeline.detect.options import DetectorOptions
 from server.pipeline.types import Detections
 
 
 class HaarFaceDetector:
     """Frontal-face Haar cascade; runs per image on the CPU whatever the device.
 
-    ``input_size`` is accepted for interface symmetry but unused: the cascade scans
-    the image at its own resolution, from ``min_face_size`` up.
+    ``options.input_size`` is unused: the cascade scans the image at its own resolution,
+    from ``options.min_face_size`` up.
     """
 
     name = "haar"
@@ -26,24 +28,16 @@ class HaarFaceDetector:
     def __init__(
         self,
         files: DetectorFiles,
+        options: DetectorOptions | None = None,
         device: str | torch.device = "cpu",
-        score_threshold: float = 0.5,
-        max_faces: int = 20,
-        min_face_size: float = 20,
-        input_size: tuple[int, int] = (300, 300),
         scale_factor: float = 1.1,
         min_neighbors: int = 5,
     ) -> None:
-        if max_faces < 1 or min_face_size < 0:
-            raise ValueError("max_faces must be >= 1 and min_face_size >= 0")
+        self.options = options or DetectorOptions()
         self.cascade = cv2.CascadeClassifier(str(files.haar))
         if self.cascade.empty():
             raise DetectorWeightsError(f"cannot load the Haar cascade {files.haar}")
         self.device = torch.device(device)
-        self.score_threshold = float(score_threshold)
-        self.max_faces = int(max_faces)
-        self.min_face_size = float(min_face_size)
-        self.input_size = input_size
         self.scale_factor = scale_factor
         self.min_neighbors = min_neighbors
 
@@ -54,17 +48,13 @@ class HaarFaceDetector:
         raw cascade hits: monotone in the evidence, and above 0.5 exactly for the faces the
         cascade itself accepts, so the default threshold keeps its usual behaviour.
         """
-        threshold = self.score_threshold if min_confidence is None else float(min_confidence)
-        limit = self.max_faces if max_faces is None else int(max_faces)
-        side = max(1, round(self.min_face_size))
+        threshold, limit = self.options.per_call(min_confidence, max_faces)
+        side = max(1, round(self.options.min_face_size))
         out = []
         for img in images:
-            if img.ndim != 3 or img.shape[0] not in (1, 3) or img.dtype != torch.uint8:
-                raise ValueError(
-                    f"expected a (3, H, W) uint8 RGB image tensor, got {tuple(img.shape)} {img.dtype}"
-                )
-            arr = np.ascontiguousarray(img.permute(1, 2, 0).cpu().numpy())
-            gray = arr[..., 0] if arr.shape[2] == 1 else cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY)
+            rgb = as_rgb(img)
+            arr = np.ascontiguousarray(rgb.permute(1, 2, 0).cpu().numpy())
+            gray = arr[..., 0] if img.shape[0] == 1 else cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY)
             rects, hits = self.cascade.detectMultiScale2(
                 gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(side, side)
             )

@@ -1,4 +1,5 @@
-"""uvicorn's HTTP and WebSocket protocols with the limits uvicorn leaves out.
+"""Limits on connections that uvicorn leaves out, as subclasses of its HTTP and WebSocket
+(asyncio) protocol classes. Their error replies are built from :mod:`server.errors`.
 
 * **Request head** (slowloris, header floods): uvicorn closes idle keep-alive connections, but a
   connection that never sends a request, or sends its request line and headers a byte at a time,
@@ -28,43 +29,25 @@ installed (httptools for HTTP, the websockets sans-I/O one for WebSocket).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from server.errors import HeadersTooLarge, RequestTimeout, raw_reply
+
 log = logging.getLogger(__name__)
 
 #: Request line plus headers; h11 allows 16 KiB, nginx 32 KiB by default.
 MAX_HEAD_BYTES = 64 * 1024
 
-
-def _error_response(status: int, reason: str, code: str, message: str) -> bytes:
-    body = json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":")).encode()
-    head = f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-    return head.encode() + b"connection: close\r\n\r\n" + body
-
-
-HEAD_TIMEOUT_RESPONSE = _error_response(
-    408, "Request Timeout", "request_timeout", "request headers not received in time"
+HEAD_TIMEOUT_RESPONSE = raw_reply(RequestTimeout("request headers not received in time"))
+HEAD_TOO_LARGE_RESPONSE = raw_reply(HeadersTooLarge(f"request headers over {MAX_HEAD_BYTES} bytes"))
+TRAILERS_TOO_LARGE_RESPONSE = raw_reply(
+    HeadersTooLarge(f"request trailers or chunk extensions over {MAX_HEAD_BYTES} bytes")
 )
-HEAD_TOO_LARGE_RESPONSE = _error_response(
-    431,
-    "Request Header Fields Too Large",
-    "headers_too_large",
-    f"request headers over {MAX_HEAD_BYTES} bytes",
-)
-TRAILERS_TOO_LARGE_RESPONSE = _error_response(
-    431,
-    "Request Header Fields Too Large",
-    "headers_too_large",
-    f"request trailers or chunk extensions over {MAX_HEAD_BYTES} bytes",
-)
-MESSAGE_TIMEOUT_RESPONSE = _error_response(
-    408, "Request Timeout", "request_timeout", "request body not received in time"
-)
+MESSAGE_TIMEOUT_RESPONSE = raw_reply(RequestTimeout("request body not received in time"))
 #: The app's body deadline answers first (with its own 408) when the app reads the body.
 MESSAGE_GRACE_S = 1.0
 

@@ -1,0 +1,150 @@
+"""Labelled photos -> face crops as the server makes them, split by person, for training.
+
+FER2013 faces are not what the server sees: it detects faces in colour photos and webcam
+frames and crops them with the checkpoint's framing. Training on some crops made by the
+server's own detector and crop code closes that gap; scoring fairly then needs the people
+trained on kept out of the evaluation (a photo set with two photos of one person would
+otherwise score the model on a face it has memorised).
+
+``python -m training.photo_crops --data PHOTOS --out DIR`` writes
+
+* ``DIR/crops/train/<class>/Training_<photo>.png``: crops of the training people;
+* ``DIR/crops/test/<class>/PublicTest_<photo>.png``: crops of the held-out people, which
+  :func:`training.data.load_dataset` reads as a ``public`` (validation) split
+  (``emotion-train --extra-train DIR/crops``);
+* ``DIR/heldout/<class>/<photo>``: links to the held-out people's original photos, for the
+  whole-pipeline evaluation ``emotion-eval --detect --data DIR/heldout``;
+* ``DIR/manifest.json``: counts, the split rule and the settings used.
+
+The person is the file name without its trailing ``_<digits>`` (``Aaron_Eckhart_0001.jpg``
+-> ``Aaron_Eckhart``); the split is a hash of it, so it is the same on every machine and
+does not move when photos are added.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from server.model.checkpoint import CropSpec
+from server.pipeline.crop import crop_faces
+from training.evaluate_photos import Photo, build_server_pipeline, decoded_batches, list_photos
+
+_TRAILING_NUMBER = re.compile(r"_\d+$")
+
+
+def person_of(photo: Path) -> str:
+    """The person a photo shows, by the dataset's naming rule ``<person>_<digits>.<ext>``."""
+    return _TRAILING_NUMBER.sub("", photo.stem)
+
+
+def is_heldout(person: str, fraction: float, salt: str = "") -> bool:
+    """Deterministic per-person split: the same person always lands on the same side."""
+    digest = hashlib.sha256(f"{salt}{person}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def make_crops(
+    data: str | Path,
+    out: str | Path,
+    checkpoint: str | Path,
+    heldout_fraction: float = 0.5,
+    salt: str = "",
+    size: int = 48,
+    crop: CropSpec | None = None,
+    device: str = "cpu",
+    batch_size: int = 16,
+) -> dict[str, object]:
+    """Write the crops, links and manifest described in the module docstring; returns the manifest.
+
+    The crop is the server's: its detector and settings (``EMOTION_*`` variables apply), the
+    first face in its order, ``crop`` framing (the checkpoint's when None) at ``size`` pixels.
+    Photos without a face, or of a class the model does not know, are counted and skipped.
+    """
+    from tqdm import tqdm
+
+    from server.api.options import default_options
+    from server.pipeline.runner import Job
+
+    out = Path(out)
+    pipeline, cfg = build_server_pipeline(checkpoint, device)
+    spec = crop or pipeline.classifier.meta.crop
+    options = default_options(cfg)  # what POST /v1/predict uses when a request sets no limits
+    photos = [p for p in list_photos(data) if p.label is not None]
+    counts: Counter[str] = Counter()
+    persons: dict[str, set[str]] = {"train": set(), "heldout": set()}
+    bar = tqdm(total=len(photos), unit="photo", desc="crops")
+    for batch in decoded_batches(photos, batch_size, cfg.max_pixels, threads=2):
+        bar.update(len(batch))
+        good = [(p, img) for p, img in batch if img is not None]
+        counts["undecodable"] += len(batch) - len(good)
+        results = pipeline.run([Job(img, options) for _, img in good]) if good else []
+        for (photo, img), result in zip(good, results, strict=True):
+            if not result.faces:
+                counts["no_face"] += 1
+                continue
+            sx, sy = img.scale  # the face box is in the photo's pixels, the tensor may be reduced
+            x1, y1, x2, y2 = result.faces[0].box
+            box = torch.tensor([[x1 / sx, y1 / sy, x2 / sx, y2 / sy]])
+            face = crop_faces([img.tensor], [box], spec, size)[0, 0]
+            _write(out, photo, face.round().clamp(0, 255).to(torch.uint8).numpy(), heldout_fraction, salt)
+            side = "heldout" if is_heldout(person_of(photo.path), heldout_fraction, salt) else "train"
+            persons[side].add(person_of(photo.path))
+            counts[f"{side}/{photo.label}"] += 1
+    bar.close()
+    manifest: dict[str, object] = {
+        "data": str(data),
+        "checkpoint": str(checkpoint),
+        "crop": spec.model_dump(),
+        "size": size,
+        "heldout_fraction": heldout_fraction,
+        "salt": salt,
+        "persons": {k: len(v) for k, v in persons.items()},
+        "persons_in_both": len(persons["train"] & persons["heldout"]),
+        "counts": dict(sorted(counts.items())),
+        "detector": {"name": pipeline.detector.name, "input_size": list(cfg.detector_input_size)},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def _write(out: Path, photo: Photo, face: np.ndarray, fraction: float, salt: str) -> None:
+    heldout = is_heldout(person_of(photo.path), fraction, salt)
+    folder, prefix = ("test", "PublicTest_") if heldout else ("train", "Training_")
+    target = out / "crops" / folder / str(photo.label) / f"{prefix}{photo.path.stem}.png"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(face, mode="L").save(target)
+    if heldout:  # the original photo, for the whole-pipeline evaluation of held-out people
+        link = out / "heldout" / photo.folder / photo.path.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            os.symlink(photo.path.resolve(), link)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="folder of <class>/<photos>")
+    p.add_argument("--out", required=True, help="output folder (keep it out of git)")
+    p.add_argument("--checkpoint", default="server/checkpoints/emotion-resnet18.safetensors")
+    p.add_argument("--heldout-fraction", type=float, default=0.5)
+    p.add_argument("--salt", default="", help="changes which people are held out")
+    p.add_argument("--size", type=int, default=48, help="crop side in pixels (the model's input size)")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    manifest = make_crops(
+        args.data, args.out, args.checkpoint, args.heldout_fraction, args.salt, args.size, device=args.device
+    )
+    print(json.dumps(manifest, indent=2))
+
+
+if __name__ == "__main__":
+    main()
