@@ -17,6 +17,9 @@ from server.pipeline.crop import crop_whole_images
 from server.pipeline.decode import DecodedImage
 from server.pipeline.runner import Job, Pipeline, PredictOptions, build_pipeline
 
+#: What a request without options gets from the default settings.
+DEFAULT = PredictOptions(max_faces=10, min_confidence=0.5)
+
 
 @pytest.fixture(scope="module")
 def pipeline(tiny_checkpoint: Path) -> Pipeline:
@@ -45,7 +48,11 @@ def test_each_job_gets_its_own_limits_in_a_shared_batch(pipeline: Pipeline, astr
 
 
 def test_batching_does_not_change_a_jobs_result(pipeline: Pipeline, astronaut: np.ndarray) -> None:
-    jobs = [Job(decoded(faces_canvas(astronaut))), Job(decoded(astronaut)), Job(decoded(astronaut[::-1]))]
+    jobs = [
+        Job(decoded(faces_canvas(astronaut)), DEFAULT),
+        Job(decoded(astronaut), DEFAULT),
+        Job(decoded(astronaut[::-1]), DEFAULT),
+    ]
     together = pipeline.run(jobs)
     alone = [pipeline.run([job])[0] for job in jobs]
     for a, b in zip(together, alone, strict=True):
@@ -56,7 +63,12 @@ def test_batching_does_not_change_a_jobs_result(pipeline: Pipeline, astronaut: n
 
 def test_whole_image_jobs_classify_the_image_itself(pipeline: Pipeline, astronaut: np.ndarray) -> None:
     face = np.ascontiguousarray(astronaut[40:220, 150:330])
-    detect, whole = pipeline.run([Job(decoded(astronaut)), Job(decoded(face), PredictOptions(detect=False))])
+    detect, whole = pipeline.run(
+        [
+            Job(decoded(astronaut), DEFAULT),
+            Job(decoded(face), PredictOptions(max_faces=1, min_confidence=0.0, detect=False)),
+        ]
+    )
     assert len(detect.faces) == 1
     (only,) = whole.faces
     assert only.box == (0.0, 0.0, 180.0, 180.0) and only.score == 1.0
@@ -68,8 +80,8 @@ def test_whole_image_jobs_classify_the_image_itself(pipeline: Pipeline, astronau
 
 def test_boxes_come_back_in_the_pixels_of_the_image_sent(pipeline: Pipeline, astronaut: np.ndarray) -> None:
     """An image decoded reduced (DCT scaling) is detected small; its boxes are scaled back up."""
-    (full,) = pipeline.run([Job(decoded(astronaut))])
+    (full,) = pipeline.run([Job(decoded(astronaut), DEFAULT)])
     half = np.ascontiguousarray(astronaut[::2, ::2])
-    (reduced,) = pipeline.run([Job(decoded(half, size=(512, 512)))])
+    (reduced,) = pipeline.run([Job(decoded(half, size=(512, 512)), DEFAULT)])
     assert len(full.faces) == len(reduced.faces) == 1
     assert np.allclose(full.faces[0].box, reduced.faces[0].box, atol=12)  # a 2x coarser detection

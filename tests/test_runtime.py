@@ -17,7 +17,7 @@ from server.config import Settings
 from server.errors import NotReady
 from server.pipeline.batcher import BatcherClosed
 from server.pipeline.decode import DecodeError
-from server.pipeline.runner import Job
+from server.pipeline.runner import Job, PredictOptions
 from server.runtime import Runtime, load_analyzer
 
 
@@ -51,15 +51,15 @@ def test_loads_in_the_background_then_serves(settings: Settings, astronaut: np.n
         assert not runtime.ready and runtime.load_error is None
         image = await runtime.decode(jpeg(astronaut))
         with pytest.raises(NotReady):
-            await runtime.infer(Job(image))
+            await runtime.infer(Job(image, PredictOptions(max_faces=10, min_confidence=0.5)))
         release.set()
         await until(lambda: runtime.ready)
-        result = await runtime.infer(Job(image))
+        result = await runtime.infer(Job(image, PredictOptions(max_faces=10, min_confidence=0.5)))
         assert len(result.faces) == 1 and result.faces[0].probs.shape == (len(runtime.classes),)
         await runtime.close()
         assert not runtime.ready
         with pytest.raises(BatcherClosed):
-            await runtime.infer(Job(image))
+            await runtime.infer(Job(image, PredictOptions(max_faces=10, min_confidence=0.5)))
 
     run(main())
 
