@@ -83,10 +83,6 @@ class Pipeline:
         self.detector = detector
         self.device = torch.device(device)
 
-    @property
-    def classes(self) -> list[str]:
-        return self.classifier.classes
-
     def _detect(
         self, images: list[torch.Tensor], jobs: Sequence[Job]
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
