@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from server.device import resolve_device
 from server.model.checkpoint import DEFAULT_CHECKPOINT
 from server.pipeline.detect.options import DetectorName, DetectorOptions
 
@@ -36,25 +37,6 @@ def default_cache_dir() -> Path:
     """Where converted models are kept when ``EMOTION_CACHE_DIR`` is unset: the user's cache folder."""
     base = os.environ.get("XDG_CACHE_HOME")
     return (Path(base) if base else Path.home() / ".cache") / "emotion-service"
-
-
-def _resolve_device(device: str) -> str:
-    """``auto`` -> cuda/cpu; refuses a CUDA/MPS request the host cannot serve."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available")
-        index = int(device.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device {device!r} requested but only {torch.cuda.device_count()} GPU(s) present"
-            )
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("device 'mps' requested but MPS is not available")
-    return device
 
 
 class Settings(BaseSettings):
@@ -235,7 +217,7 @@ class Settings(BaseSettings):
         value = value.strip().lower()
         if not _DEVICE.match(value):
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, not {value!r}")
-        _resolve_device(value)
+        resolve_device(value)
         return value
 
     @field_validator("checkpoint")
@@ -268,7 +250,7 @@ class Settings(BaseSettings):
 
     def torch_device(self) -> str:
         """The concrete device string (``auto`` resolved)."""
-        return _resolve_device(self.device)
+        return resolve_device(self.device)
 
     def key_values(self) -> list[str]:
         return [key.get_secret_value() for key in self.api_keys]

@@ -127,10 +127,6 @@ class Runtime:
         """Begin loading in the background; returns at once so the server can answer /healthz."""
         self._load_task = asyncio.get_running_loop().create_task(self._load(), name="model-load")
 
-    async def wait_ready(self) -> None:
-        if self._load_task is not None:
-            await asyncio.shield(self._load_task)
-
     async def _load(self) -> None:
         loop = asyncio.get_running_loop()
         start = time.perf_counter()

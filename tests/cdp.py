@@ -108,7 +108,8 @@ class Chromium:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as resp:
             targets = json.load(resp)
         page = next(t for t in targets if t["type"] == "page")
-        return connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=10)
+        # Entered, not just called: websockets 17.1+ deprecates a bare connect() (closed in close()).
+        return connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=10).__enter__()
 
     def send(self, method: str, timeout: float = 30.0, **params: Any) -> dict[str, Any]:
         """One CDP command; events that arrive meanwhile are ignored."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
@@ -28,17 +27,11 @@ def astronaut() -> np.ndarray:
     return np.ascontiguousarray(data.astronaut())
 
 
-def encode(img: np.ndarray, fmt: str = "JPEG", **kw: object) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format=fmt, **kw)
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="session")
 def astronaut_jpeg(astronaut: np.ndarray) -> bytes:
-    return encode(astronaut, quality=90)
+    from server_harness import jpeg
+
+    return jpeg(astronaut, quality=90)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from liveserver import LiveServer, settings_for
+from server_harness import LiveServer, server_settings
 
 from client.cli import EXIT_FAIL, main
 from shared.emotions import EMOTIONS
@@ -27,7 +27,7 @@ FPS = 12.5  # 80 ms per frame
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint: Path) -> Iterator[LiveServer]:
-    with LiveServer(settings_for(tiny_checkpoint)) as srv:
+    with LiveServer(server_settings(tiny_checkpoint)) as srv:
         yield srv
 
 

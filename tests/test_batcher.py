@@ -37,34 +37,48 @@ def test_concurrent_callers_share_a_batch_and_get_their_own_result() -> None:
     assert threads and threading.main_thread().name not in threads  # the model ran off the event loop
 
 
-def test_max_wait_bounds_latency_of_a_lone_item() -> None:
-    async def main() -> float:
-        batcher: Batcher[int, int] = Batcher(lambda xs: xs, max_batch_size=64, max_wait_ms=30)
+def test_a_batch_waits_up_to_max_wait_for_company_then_runs_alone() -> None:
+    seen: list[list[int]] = []
+
+    def fn(items: list[int]) -> list[int]:
+        seen.append(list(items))
+        return items
+
+    async def main() -> None:
+        batcher: Batcher[int, int] = Batcher(fn, max_batch_size=64, max_wait_ms=1000)
         batcher.start()
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        assert await batcher.submit(1) == 1
-        elapsed = loop.time() - t0
+        first = asyncio.create_task(batcher.submit(1))
+        await asyncio.sleep(0.05)  # well inside the 1 s window: joins the forming batch
+        assert await asyncio.gather(first, batcher.submit(2)) == [1, 2]
+        # Nobody joins this one: it runs alone once the window closes (run()'s 20 s timeout catches a hang).
+        assert await batcher.submit(3) == 3
         await batcher.stop()
-        return elapsed
 
-    assert run(main()) < 1.0
+    run(main())
+    assert seen == [[1, 2], [3]]
 
 
-def test_no_waiting_when_nothing_else_is_coming() -> None:
-    async def main() -> float:
+@pytest.mark.parametrize("coming", [False, True])
+def test_no_waiting_when_nothing_else_is_coming(coming: bool) -> None:
+    """``more_coming() is False`` runs the batch at once; True keeps it open for the next item."""
+    seen: list[list[int]] = []
+
+    def fn(items: list[int]) -> list[int]:
+        seen.append(list(items))
+        return items
+
+    async def main() -> None:
         batcher: Batcher[int, int] = Batcher(
-            lambda xs: xs, max_batch_size=64, max_wait_ms=5000, more_coming=lambda: False
+            fn, max_batch_size=2, max_wait_ms=5000, more_coming=lambda: coming
         )
         batcher.start()
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        assert await batcher.submit(1) == 1
-        elapsed = loop.time() - t0
+        first = asyncio.create_task(batcher.submit(1))
+        await asyncio.sleep(0.05)
+        assert await asyncio.gather(first, batcher.submit(2)) == [1, 2]
         await batcher.stop()
-        return elapsed
 
-    assert run(main()) < 2.0  # far below the 5 s window
+    run(main())
+    assert seen == ([[1, 2]] if coming else [[1], [2]])
 
 
 def test_failure_reaches_every_caller_of_the_batch_and_the_next_batch_works() -> None:

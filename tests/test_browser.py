@@ -16,10 +16,8 @@ import cv2
 import numpy as np
 import pytest
 from cdp import Chromium, find_chromium, write_y4m
-from liveserver import LiveServer, settings_for
 from selfsigned import make_cert
-from server_harness import LiveServer as HarnessServer
-from server_harness import server_settings
+from server_harness import LiveServer, server_settings
 
 pytestmark = pytest.mark.slow
 KEY = "browser-test-key-1"
@@ -70,7 +68,7 @@ def chromium_exe() -> str:
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint: Path, chromium_exe: str) -> Iterator[LiveServer]:
-    with LiveServer(settings_for(tiny_checkpoint, api_keys=[KEY])) as srv:
+    with LiveServer(server_settings(tiny_checkpoint, api_keys=[KEY])) as srv:
         yield srv
 
 
@@ -143,7 +141,7 @@ def test_page_asks_for_the_key_then_streams_and_draws(
 
 @pytest.fixture(scope="module")
 def open_settings(tiny_checkpoint: Path, chromium_exe: str) -> Any:
-    return settings_for(tiny_checkpoint)
+    return server_settings(tiny_checkpoint)
 
 
 def test_page_without_a_camera_offers_retry(open_settings: Any, chromium_exe: str, tmp_path: Path) -> None:
@@ -212,7 +210,7 @@ def test_remote_camera_page_needs_https_and_works_over_it(
     the self-signed certificate is accepted with --ignore-certificate-errors (a real deployment
     uses a trusted one: README "HTTPS for remote cameras")."""
     cert, key = make_cert(tmp_path / "tls", ("emotion.test",))
-    tls = HarnessServer(
+    tls = LiveServer(
         server_settings(tiny_checkpoint, ssl_certfile=cert, ssl_keyfile=key, log_level="warning")
     ).start(wait_ready=False)
     plain = LiveServer(open_settings).start()

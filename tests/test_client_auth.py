@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from liveserver import LiveServer, run_client, settings_for
+from server_harness import LiveServer, run_client, server_settings
 
 from client.cli import EXIT_USAGE, main
 
@@ -19,7 +19,7 @@ KEY = "correct-horse-battery"
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint: Path) -> Iterator[LiveServer]:
-    with LiveServer(settings_for(tiny_checkpoint, api_keys=[KEY])) as srv:
+    with LiveServer(server_settings(tiny_checkpoint, api_keys=[KEY])) as srv:
         yield srv
 
 

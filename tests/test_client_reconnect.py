@@ -14,7 +14,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from liveserver import LiveServer, free_port, run_client, settings_for
+from server_harness import LiveServer, free_port, run_client, server_settings
 
 from client.cli import EXIT_FAIL
 
@@ -42,7 +42,7 @@ def test_reconnects_after_server_restart_then_quits_on_ctrl_c(
     images.mkdir()
     cv2.imwrite(str(images / "a.jpg"), astronaut[..., ::-1])
     log = tmp_path / "session.jsonl"
-    settings = settings_for(tiny_checkpoint)
+    settings = server_settings(tiny_checkpoint)
     first = LiveServer(settings).start()
     client = subprocess.Popen(
         [sys.executable, "-m", "client", "stream", "--server", first.url, "--images", str(images), "--loop",
@@ -105,7 +105,7 @@ def test_retry_for_waits_for_a_server_that_is_still_starting(
     try:
         time.sleep(2.0)  # the client is retrying now
         assert client.poll() is None, "with --retry-for the first connection is waited for"
-        with LiveServer(settings_for(tiny_checkpoint), port=port):
+        with LiveServer(server_settings(tiny_checkpoint), port=port):
             out, err = client.communicate(timeout=60)
     finally:
         if client.poll() is None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from liveserver import LiveServer, run_client, settings_for
+from server_harness import LiveServer, run_client, server_settings
 
 from client.cli import EXIT_BROKEN_PIPE, EXIT_FAIL, main
 from shared.protocol import FaceResult, PredictResponse
@@ -29,7 +29,7 @@ FRAMES = 12
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint: Path) -> Iterator[LiveServer]:
-    with LiveServer(settings_for(tiny_checkpoint)) as srv:
+    with LiveServer(server_settings(tiny_checkpoint)) as srv:
         yield srv
 
 

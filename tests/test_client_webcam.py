@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from liveserver import LiveServer, free_port, settings_for
+from server_harness import LiveServer, free_port, server_settings
 
 av = pytest.importorskip("av")
 
@@ -62,7 +62,7 @@ def mjpeg_video(tmp_path_factory: pytest.TempPathFactory, astronaut: np.ndarray)
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint: Path) -> Iterator[LiveServer]:
-    with LiveServer(settings_for(tiny_checkpoint)) as srv:
+    with LiveServer(server_settings(tiny_checkpoint)) as srv:
         yield srv
 
 
@@ -228,7 +228,7 @@ def test_lean_stream_reconnects_after_a_server_restart(
     tiny_checkpoint: Path, mjpeg_video: Path, tmp_path: Path
 ) -> None:
     log = tmp_path / "session.jsonl"
-    settings = settings_for(tiny_checkpoint)
+    settings = server_settings(tiny_checkpoint)
     first = LiveServer(settings, port=free_port()).start()
     client = lean_client(
         "stream", "--server", first.url, "--video", str(mjpeg_video), "--loop", "--no-display",

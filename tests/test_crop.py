@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from server.model.checkpoint import CropSpec
 from server.pipeline.crop import WHOLE_IMAGE, crop_faces, crop_regions, crop_whole_images
@@ -17,8 +18,8 @@ def spec(margin: float = 0.2, square: bool = True, y_shift: float = 0.0) -> Crop
 
 
 def gradient() -> torch.Tensor:
-    """Grey image whose pixel (x, y) is x + 2y: bilinear sampling of it is exact, so expected
-    crops can be written down by hand."""
+    """Grey image whose pixel (x, y) is x + 2y: bilinear filtering of it is exact away from the image
+    edges (the filter is symmetric), so expected crops can be written down by hand."""
     ys, xs = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
     return (xs + 2 * ys).to(torch.uint8).expand(3, -1, -1).contiguous()
 
@@ -43,30 +44,46 @@ def test_regions_by_hand() -> None:
     ]
 
 
-@pytest.mark.parametrize(
-    "crop_spec",
-    [spec(margin=0.0), spec(margin=0.1, y_shift=0.05), spec(margin=0.25, square=False, y_shift=-0.1)],
-)
-@pytest.mark.parametrize("size", [8, 48])
-def test_crop_matches_hand_computed(crop_spec: CropSpec, size: int) -> None:
+FRAMINGS = [spec(margin=0.0), spec(margin=0.1, y_shift=0.05), spec(margin=0.25, square=False, y_shift=-0.1)]
+
+
+@pytest.mark.parametrize("crop_spec", FRAMINGS)
+def test_enlarged_crop_matches_hand_computed(crop_spec: CropSpec) -> None:
+    """Enlarging is plain bilinear interpolation, exact on a gradient: values at output pixel centres."""
     box = torch.tensor([[30.0, 20.0, 50.0, 36.0]])
     region = crop_regions(box, crop_spec)[0].tolist()
-    crop = crop_faces([gradient()], [box], crop_spec, size)
-    assert crop.shape == (1, 1, size, size) and crop.dtype == torch.float32
-    assert torch.allclose(crop[0, 0], expected_gradient_crop(region, size), atol=1e-3)
+    crop = crop_faces([gradient()], [box], crop_spec, 48)
+    assert crop.shape == (1, 1, 48, 48) and crop.dtype == torch.float32
+    assert torch.allclose(crop[0, 0], expected_gradient_crop(region, 48), atol=1e-3)
+
+
+@pytest.mark.parametrize("crop_spec", FRAMINGS)
+@pytest.mark.parametrize("size", [8, 48])
+def test_crop_matches_pil_resize_of_the_region(crop_spec: CropSpec, size: int) -> None:
+    """Shrinking filters like PIL's bilinear resize (the training path), to PIL's rounding."""
+    rng = np.random.default_rng(size)
+    gray = rng.integers(0, 256, (H, W), dtype=np.uint8)
+    box = torch.tensor([[30.0, 20.0, 50.0, 36.0]])
+    region = tuple(crop_regions(box, crop_spec)[0].tolist())
+    crop = crop_faces([torch.from_numpy(gray)[None].expand(3, -1, -1)], [box], crop_spec, size)
+    want = np.array(Image.fromarray(gray).resize((size, size), Image.Resampling.BILINEAR, box=region))
+    assert np.abs(crop[0, 0].numpy() - want).max() <= 1.001
 
 
 def test_marker_lands_where_the_margin_puts_it() -> None:
     img = torch.zeros((3, 100, 120), dtype=torch.uint8)
     img[:, 30:70, 40:80] = 255  # a 40x40 white square = the "face"
     box = torch.tensor([[40.0, 30.0, 80.0, 70.0]])
+    # Shrinking by 2 (4 below) filters over 2 (4) source pixels each side: one output pixel at the
+    # square's edge mixes in the black around it, as PIL's resize (the training path) does.
     tight = crop_faces([img], [box], spec(margin=0.0), 20)[0, 0]
-    assert torch.allclose(tight, torch.full_like(tight, 255.0), atol=1e-3)
+    assert torch.allclose(tight[1:-1, 1:-1], torch.tensor(255.0), atol=1e-3)
+    assert 200 < tight[0, 10] < 255
     # margin 0.5: the crop is 80 px wide, the square its central 40 px = output pixels 5..14
     wide = crop_faces([img], [box], spec(margin=0.5), 20)[0, 0]
-    assert torch.allclose(wide[5:15, 5:15], torch.tensor(255.0), atol=1e-3)
-    assert wide[:5].abs().max() < 1e-3 and wide[15:].abs().max() < 1e-3
-    assert wide[:, :5].abs().max() < 1e-3 and wide[:, 15:].abs().max() < 1e-3
+    assert torch.allclose(wide[6:14, 6:14], torch.tensor(255.0), atol=1e-3)
+    assert wide[:4].abs().max() < 1e-3 and wide[16:].abs().max() < 1e-3
+    assert wide[:, :4].abs().max() < 1e-3 and wide[:, 16:].abs().max() < 1e-3
     # y_shift 0.25 moves the crop centre 10 px down: the square appears 10/80*20 = 2.5 px higher
     shifted = crop_faces([img], [box], spec(margin=0.5, y_shift=0.25), 20)[0, 0]
     assert torch.allclose(shifted[3:12, 6:14], torch.tensor(255.0), atol=1e-3)
@@ -81,11 +98,15 @@ def test_outside_the_image_reads_zero() -> None:
     assert torch.allclose(crop[12:, 12:], torch.tensor(200.0), atol=1e-3)
 
 
-def test_bt601_gray() -> None:
-    img = torch.zeros((3, 10, 10), dtype=torch.uint8)
-    img[0] = 255
-    crop = crop_faces([img], [torch.tensor([[0.0, 0.0, 10.0, 10.0]])], spec(margin=0.0), 5)
-    assert torch.allclose(crop, torch.tensor(0.299 * 255), atol=1e-3)
+def test_bt601_gray_as_pil() -> None:
+    """Grey levels are PIL's "L" exactly (what training reads), e.g. pure red is 76, not 76.245."""
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (7, 7, 3), dtype=np.uint8)
+    rgb[0, 0] = (255, 0, 0)
+    img = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+    crop = crop_faces([img], [torch.tensor([[0.0, 0.0, 7.0, 7.0]])], spec(margin=0.0), 7)[0, 0]
+    want = np.array(Image.fromarray(rgb).convert("L"))
+    assert want[0, 0] == 76 and torch.equal(crop, torch.from_numpy(want).float())
 
 
 def test_batch_order_sizes_and_empty() -> None:
@@ -114,9 +135,10 @@ def test_whole_image_path() -> None:
     same = crop_whole_images([face.expand(3, -1, -1).contiguous()], 48)
     assert torch.allclose(same[0], face.float(), atol=1e-3)  # a FER2013-sized face is untouched
     assert WHOLE_IMAGE.margin == 0.0 and WHOLE_IMAGE.y_shift == 0.0
-    # A non-square image is stretched over the whole output, not padded.
+    # A non-square image is stretched over the whole output, not padded, as PIL resizes it.
     stretched = crop_whole_images([gradient()], 10)[0, 0]
-    assert torch.allclose(stretched, expected_gradient_crop([0.0, 0.0, W, H], 10), atol=1e-3)
+    pil = Image.fromarray(gradient()[0].numpy()).resize((10, 10), Image.Resampling.BILINEAR)
+    assert (stretched - torch.from_numpy(np.array(pil)).float()).abs().max() <= 1.001
 
 
 def test_detect_then_crop(astronaut: np.ndarray) -> None:

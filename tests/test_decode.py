@@ -3,36 +3,15 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
-from conftest import encode
 from PIL import Image
+from server_harness import encode, jpeg_claiming, png_claiming
 
 from server.pipeline.decode import CorruptImage, ImageTooLarge, UnsupportedImage, decode_image, sniff_format
 
 LIMIT = 40_000_000
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims ``width x height`` (the pixel data is absent)."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-    return b"\x89PNG\r\n\x1a\n" + body
-
-
-def jpeg_claiming(width: int, height: int) -> bytes:
-    """A real small JPEG with its SOF0 header patched to claim ``width x height``."""
-    data = bytearray(encode(np.zeros((16, 16, 3), np.uint8)))
-    sof = data.index(b"\xff\xc0")
-    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
-    return bytes(data)
 
 
 def test_formats_are_sniffed_from_bytes(astronaut: np.ndarray) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.evaluate_core import classification_metrics
+from training.scoring import classification_metrics
 
 
 def test_metrics_match_hand_computation() -> None:

@@ -23,10 +23,17 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import encode
 from PIL import Image
-from server_harness import LiveServer, faces_canvas, jpeg, retry, server_settings
-from test_decode import jpeg_claiming, png_claiming
+from server_harness import (
+    LiveServer,
+    encode,
+    faces_canvas,
+    jpeg,
+    jpeg_claiming,
+    png_claiming,
+    retry,
+    server_settings,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from hardening import png_chunk, png_from_rows

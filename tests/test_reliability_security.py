@@ -20,8 +20,7 @@ import httpx
 import pytest
 import torch
 from safetensors.torch import save_file
-from server_harness import LiveServer, run, server_settings
-from test_server_stream import close_code
+from server_harness import LiveServer, close_code, run, server_settings
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 

@@ -17,8 +17,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from server_harness import LiveServer, frame_640x480, jpeg, recv_json, retry, run, server_settings
-from test_server_stream import close_code
+from server_harness import LiveServer, close_code, frame_640x480, jpeg, recv_json, retry, run, server_settings
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from server_harness import (
     LiveServer,
+    close_code,
     faces_canvas,
     frame_640x480,
     jpeg,
@@ -33,7 +34,6 @@ from server_harness import (
     run,
     server_settings,
 )
-from test_server_stream import close_code
 from websockets.asyncio.client import connect
 
 from shared.protocol import ErrorBody, StreamResult

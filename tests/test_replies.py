@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import encode
+from server_harness import encode
 
 from server.api.replies import face_box, face_result, predict_response, stream_result
 from server.pipeline.decode import DecodedImage, decode_image

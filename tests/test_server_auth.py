@@ -8,8 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server_harness import LiveServer, recv_json, run, server_settings
-from test_server_stream import close_code
+from server_harness import LiveServer, close_code, recv_json, run, server_settings
 from websockets.asyncio.client import connect
 
 from shared.protocol import ErrorBody

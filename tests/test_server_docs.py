@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from cdp import Chromium, find_chromium
-from liveserver import LiveServer, settings_for
+from server_harness import LiveServer, server_settings
 
 pytestmark = pytest.mark.slow
 KEY = "docs-test-key-123"
@@ -22,7 +22,7 @@ KEY = "docs-test-key-123"
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint: Path) -> Iterator[LiveServer]:
-    with LiveServer(settings_for(tiny_checkpoint, api_keys=[KEY])) as srv:
+    with LiveServer(server_settings(tiny_checkpoint, api_keys=[KEY])) as srv:
         yield srv
 
 

@@ -9,10 +9,16 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import encode
 from PIL import Image
-from server_harness import LiveServer, faces_canvas, jpeg, server_settings
-from test_decode import jpeg_claiming, png_claiming
+from server_harness import (
+    LiveServer,
+    encode,
+    faces_canvas,
+    jpeg,
+    jpeg_claiming,
+    png_claiming,
+    server_settings,
+)
 
 from shared.emotions import EMOTIONS
 from shared.protocol import ErrorBody, PredictResponse
@@ -171,5 +177,7 @@ def test_page_and_metrics(srv: LiveServer, astronaut_jpeg: bytes) -> None:
     assert metrics.headers["content-type"].startswith("text/plain")
     assert srv.metric("emotion_request_duration_seconds_count", route="/v1/predict", status="200") >= 1
     assert srv.metric("emotion_batch_size_count") >= 1
-    assert srv.metric("emotion_errors_total", code="payload_too_large") >= 0
+    before = srv.metric("emotion_errors_total", code="unsupported_media_type")
+    error(post(srv, b"plain text, not an image"), 415, "unsupported_media_type")
+    assert srv.metric("emotion_errors_total", code="unsupported_media_type") == before + 1
     assert srv.metric("emotion_ready") == 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,11 +10,19 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import encode
-from server_harness import LiveServer, faces_canvas, frame_640x480, jpeg, recv_json, run, server_settings
-from test_decode import jpeg_claiming
+from server_harness import (
+    LiveServer,
+    close_code,
+    encode,
+    faces_canvas,
+    frame_640x480,
+    jpeg,
+    jpeg_claiming,
+    recv_json,
+    run,
+    server_settings,
+)
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
 from shared.protocol import StreamResult
 
@@ -31,16 +38,6 @@ def srv(tiny_checkpoint: Path) -> Iterator[LiveServer]:
     ).start()
     yield server
     server.stop()
-
-
-async def close_code(ws: Any, timeout: float = 20.0) -> tuple[int, str]:
-    """Read until the server closes; the close code and reason it sent."""
-    try:
-        while True:
-            await asyncio.wait_for(ws.recv(), timeout)
-    except ConnectionClosed as exc:
-        assert exc.rcvd is not None, "the server must send a close frame"
-        return exc.rcvd.code, exc.rcvd.reason
 
 
 def test_frames_answered_in_order_with_stable_track_ids(srv: LiveServer, astronaut: np.ndarray) -> None:

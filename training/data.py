@@ -94,7 +94,10 @@ def concat(parts: list[FaceDataset]) -> FaceDataset:
     )
 
 
-def _to_gray(data: bytes | Image.Image, size: int) -> np.ndarray:
+def to_gray(data: bytes | Image.Image, size: int) -> np.ndarray:
+    """An image as the classifier trains on it: PIL's "L" (BT.601), then PIL's bilinear resize to
+    ``size`` x ``size``. The server's crop and evaluation's resize agree with this to one grey level
+    (tests/test_preprocess_agreement.py)."""
     img = data if isinstance(data, Image.Image) else Image.open(io.BytesIO(data))
     img = img.convert("L")
     if img.size != (size, size):
@@ -126,7 +129,7 @@ def _build(records: Iterable[tuple[str, str | None, str, bytes]], size: int) -> 
             per_split = skipped.setdefault(split or "test", {})
             per_split[cls] = per_split.get(cls, 0) + 1
             continue
-        images.append(_to_gray(blob, size))
+        images.append(to_gray(blob, size))
         labels.append(EMOTIONS.index(name))
         splits.append(split or "test")
     if not labels:
@@ -195,9 +198,7 @@ def _load_csv(path: Path, size: int) -> FaceDataset:
             if side * side != len(pixels):
                 raise DatasetError(f"{path}: a row has {len(pixels)} pixels, not a square image")
             img = pixels.reshape(side, side)
-            if side != size:
-                img = np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR))
-            images.append(img)
+            images.append(to_gray(Image.fromarray(img), size))
             labels.append(int(row[i_label]))
             usage = _USAGE_SPLIT.get(row[i_usage].strip().lower()) if i_usage is not None else None
             splits.append(usage or "train")

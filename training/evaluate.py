@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from server.device import resolve_device
 from server.model.checkpoint import (
     DEFAULT_CHECKPOINT,
     CropSpec,
@@ -25,8 +26,7 @@ from server.model.checkpoint import (
 )
 from shared.emotions import EMOTIONS
 from training.data import FaceDataset, load_dataset
-from training.evaluate_core import classification_metrics, predict_proba
-from training.train import resolve_device
+from training.scoring import classification_metrics, predict_proba
 
 SPLIT_CHOICES = {
     "private": ("private",),
@@ -120,7 +120,7 @@ def main_detect(args: argparse.Namespace) -> None:
     from training.evaluate_photos import evaluate_photos, write_photo_report
 
     crop = crop_override(args)
-    device = str(resolve_device(args.device))
+    device = resolve_device(args.device)
     metrics = evaluate_photos(
         args.data,
         args.checkpoint,
@@ -159,7 +159,7 @@ def evaluate_checkpoint(
     device: str = "auto",
     batch_size: int = 512,
 ) -> dict[str, Any]:
-    dev = resolve_device(device)
+    dev = torch.device(resolve_device(device))
     model, meta = load_checkpoint(checkpoint, dev)
     model = model.to(memory_format=torch.channels_last)
     ds = load_dataset(data, size=meta.input_size)

@@ -33,7 +33,7 @@ from server.pipeline.decode import DecodedImage, DecodeError, decode_image
 from server.pipeline.runner import Job, JobResult, Pipeline
 from shared.emotions import canonical_emotion
 from training.data import IMAGE_SUFFIXES
-from training.evaluate_core import classification_metrics
+from training.scoring import classification_metrics
 
 NO_FACE = "no face"
 
@@ -125,7 +125,7 @@ def evaluate_photos(
     from tqdm import tqdm
 
     pipeline, cfg = build_server_pipeline(checkpoint, device, crop, detector_layout)
-    classes = pipeline.classes
+    classes = pipeline.classifier.classes
     options = default_options(cfg)  # what POST /v1/predict uses when a request sets no limits
     max_pixels = cfg.max_pixels
     photos = list_photos(data, limit, seed)

@@ -22,13 +22,14 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision.transforms import v2
 from tqdm import tqdm
 
+from server.device import resolve_device
 from server.model.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from server.model.resnet import STEMS, build_resnet18
 from server.pipeline.preprocess import normalize
 from shared.emotions import EMOTIONS
 from training.augment import AugmentConfig, augment_batch
 from training.data import FaceDataset, concat, load_dataset
-from training.evaluate_core import predict_proba
+from training.scoring import predict_proba
 
 MEAN, STD = 0.5, 0.25  # FER2013 pixel mean/std are 0.507/0.255; round numbers are recorded in the checkpoint
 
@@ -227,12 +228,6 @@ def amp_enabled(mode: str, device: torch.device) -> bool:
     return device.type == "cpu" and bool(native)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def main(argv: list[str] | None = None) -> None:
     run(get_args_parser().parse_args(argv))
 
@@ -245,7 +240,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sizes = [int(s) for s in args.train_sizes.split(",") if s.strip()] or [args.input_size]
     if sizes[-1] != args.input_size:
         raise SystemExit("--train-sizes must end with --input-size")
-    device = resolve_device(args.device)
+    device = torch.device(resolve_device(args.device))
     args.amp_enabled = amp_enabled(args.amp, device)
     gen = seed_everything(args.seed)
     out = Path(args.out)

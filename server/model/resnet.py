@@ -12,13 +12,10 @@ trade accuracy for compute:
 
 from __future__ import annotations
 
-from typing import Literal
-
 from torch import nn
 from torchvision.models import resnet18
 from torchvision.models.resnet import BasicBlock
 
-Stem = Literal["s1", "s1-pool", "s2"]
 STEMS: tuple[str, ...] = ("s1", "s1-pool", "s2")
 
 
@@ -26,7 +23,7 @@ def build_resnet18(num_classes: int, in_channels: int = 1, stem: str = "s1-pool"
     """Randomly initialised ResNet18 with a small-image stem (no weights are downloaded)."""
     if stem not in STEMS:
         raise ValueError(f"unknown stem {stem!r}; expected one of {STEMS}")
-    model = resnet18(weights=None, num_classes=num_classes)
+    model: nn.Module = resnet18(weights=None, num_classes=num_classes)
     stride = 2 if stem == "s2" else 1
     model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=stride, padding=1, bias=False)
     if stem != "s1-pool":

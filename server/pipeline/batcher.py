@@ -65,10 +65,6 @@ class Batcher(Generic[T, R]):
         self._closed = False
         self._idle = asyncio.Event()
         self._idle.set()
-        #: Counters for tests and /v1/info: how many batches ran, and the largest one.
-        self.batches = 0
-        self.items = 0
-        self.largest_batch = 0
 
     def start(self) -> None:
         if self._task is None:
@@ -137,9 +133,6 @@ class Batcher(Generic[T, R]):
                         fut.set_result(result)
             finally:
                 self._inflight = []
-            self.batches += 1
-            self.items += len(items)
-            self.largest_batch = max(self.largest_batch, len(items))
             if self._on_batch is not None:
                 self._on_batch(len(items))
             self._mark_idle()

@@ -63,7 +63,7 @@ class EmotionClassifier:
         x = x.contiguous(memory_format=torch.channels_last)
         if self.half:
             x = x.half()
-        p = self.model(x).float().softmax(1)
+        p: torch.Tensor = self.model(x).float().softmax(1)
         if self.flip_tta:
             p = (p[:n] + p[n:]) / 2
         return p.cpu()

@@ -1,20 +1,23 @@
-"""Detector boxes -> classifier inputs: the eval-time framing preset.
+"""Detector boxes -> classifier inputs: the eval-time framing preset and the resize.
 
 FER2013 faces are tight-ish square grayscale crops; a detector box is a different
 framing of the same face. :class:`~server.model.checkpoint.CropSpec` (stored in the
 checkpoint) says how to turn one into the other, and this module is its only
 implementation, so the server and any evaluation of detected faces agree.
 
-Sampling is :func:`torchvision.ops.roi_align` with adaptive sampling, so large faces
-are averaged down like an area resize rather than aliased. Parts of a crop that fall
-outside the image read as 0 (black): roi_align's own rule.
+The resize is the one training uses (``training/data.py``: PIL's "L" then its bilinear
+resize, a triangle filter widened by the scale factor, so large faces are averaged down
+rather than aliased), written as two small weight matrices so it runs on tensors on any
+device and can start at any sub-pixel region. The classifier thus sees the same
+interpolation it was trained on; tests/test_preprocess_agreement.py pins the agreement
+with PIL (and with evaluation's ``F.interpolate``) to one grey level on real faces. Like
+PIL at an image edge, taps that fall outside the image are left out and the rest
+renormalised; output pixels with no tap inside the image read as 0 (black).
 
-Memory is bounded by the crop, not the image: each face is sampled from a window of the
-image just large enough for its region (converted to float alone, never the whole image),
-and a window over ``MAX_OVERSAMPLE`` times the crop size per side is first box-averaged
-down in uint8 steps, so neither the float copy nor roi_align's sampling buffer (about
-32 bytes per source pixel) grows with the face. A 36 MP image classified whole cost 1.6 GB
-of float copies and sampling buffers before.
+Memory is bounded by the crop, not the image: a face region is converted to float a slice
+of rows at a time (at most ``CHUNK_PIXELS`` source pixels) and reduced along x at once, so
+no float copy of the image or of a huge region exists. A 36 MP image classified whole cost
+1.6 GB of float copies and sampling buffers with whole-region sampling.
 """
 
 from __future__ import annotations
@@ -22,13 +25,12 @@ from __future__ import annotations
 import math
 
 import torch
-from torchvision.ops import roi_align
 
 from server.model.checkpoint import CropSpec
 from server.pipeline.preprocess import rgb_to_gray
 
-#: A face region is sampled from at most this many source pixels per crop pixel and side.
-MAX_OVERSAMPLE = 8
+#: Source pixels converted to float at a time while cropping one face.
+CHUNK_PIXELS = 1 << 18
 
 #: For images that already are a face crop (FER2013-style): the whole image, no
 #: margin (it is in the image already), no shift, stretched if not square.
@@ -84,54 +86,44 @@ def crop_faces(
     return out
 
 
-def _span(lo: float, hi: float, limit: int) -> tuple[int, int]:
-    """Pixels ``[a, b)`` the bilinear samples of a region ``[lo, hi]`` read (aligned=True puts
-    them in ``(lo - 0.5, hi - 0.5)``, each reading its floor and the next pixel), clipped."""
-    a = min(max(math.floor(lo - 0.5), 0), limit - 1)
-    b = min(max(math.floor(hi - 0.5) + 2, a + 1), limit)
-    return a, b
+def resize_weights(lo: float, hi: float, limit: int, size: int) -> tuple[int, torch.Tensor]:
+    """PIL's bilinear resize of ``[lo, hi]`` (pixel ``i`` spans ``[i, i + 1)``) of an axis of ``limit``
+    pixels to ``size``: the first source pixel read and the (size, n) weights of pixels ``first..+n``.
+
+    PIL's ``precompute_coeffs``: output pixel ``j`` is centred at ``lo + (j + 0.5) * scale`` and
+    weighs source pixel ``i`` by ``max(0, 1 - |i + 0.5 - centre| / max(scale, 1))``, over pixels
+    inside the axis, normalised to sum 1 (0 where none is inside).
+    """
+    scale = (hi - lo) / size
+    support = max(scale, 1.0)
+    first = min(max(math.floor(lo - support), 0), limit - 1)
+    last = min(max(math.ceil(hi + support), first + 1), limit)
+    centres = lo + (torch.arange(size, dtype=torch.float64) + 0.5) * scale
+    pixels = torch.arange(first, last, dtype=torch.float64) + 0.5
+    weights = (1.0 - (pixels[None, :] - centres[:, None]).abs() / support).clamp(min=0.0)
+    total = weights.sum(1, keepdim=True)
+    weights = torch.where(total > 0, weights / torch.where(total > 0, total, 1.0), 0.0)
+    return first, weights.float()
 
 
-def _cover(lo: float, hi: float, limit: int) -> tuple[int, int]:
-    """Pixels ``[a, b)`` that a region ``[lo, hi]`` covers, clipped."""
-    a = min(max(math.floor(lo), 0), limit - 1)
-    return a, min(max(math.ceil(hi), a + 1), limit)
-
-
-def _box_reduce(window: torch.Tensor, fy: int, fx: int) -> torch.Tensor:
-    """(C, H, W) uint8 -> (C, H // fy, W // fx) float32 block means, without a full float copy."""
-    c, h, w = window.shape
-    oh, ow = max(h // fy, 1), max(w // fx, 1)
-    acc = torch.zeros((c, oh, ow), dtype=torch.float32, device=window.device)
-    for dy in range(min(fy, h)):
-        for dx in range(min(fx, w)):
-            acc += window[:, dy::fy, dx::fx][:, :oh, :ow]
-    return acc / float(min(fy, h) * min(fx, w))
+def _gray(pixels: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) uint8 RGB or grey -> (H, W) float32 grey levels."""
+    return rgb_to_gray(pixels[None])[0, 0] if pixels.shape[0] == 3 else pixels[0].float()
 
 
 def _crop_one(img: torch.Tensor, region: list[float], size: int) -> torch.Tensor:
     """(1, size, size) gray crop of ``region`` (x1, y1, x2, y2, may extend past the image)."""
     _, h, w = img.shape
     x1, y1, x2, y2 = region
-    left, right = _span(x1, x2, w)
-    top, bottom = _span(y1, y2, h)
-    limit = MAX_OVERSAMPLE * size
-    fy = math.ceil((bottom - top) / limit)
-    fx = math.ceil((right - left) / limit)
-    if fx > 1 or fy > 1:  # blocks start where the region does, not half a pixel before it
-        left, right = _cover(x1, x2, w)
-        top, bottom = _cover(y1, y2, h)
-    window = img[:, top:bottom, left:right]
-    pixels = _box_reduce(window, fy, fx) if fx > 1 or fy > 1 else window.float()
-    gray = rgb_to_gray(pixels[None]) if pixels.shape[0] == 3 else pixels[None]
-    # Continuous coordinates (pixel i spans [i, i + 1)) scale with the blocks: block j spans [j, j + 1).
-    roi = torch.tensor(
-        [[0.0, (x1 - left) / fx, (y1 - top) / fy, (x2 - left) / fx, (y2 - top) / fy]], device=img.device
-    )
-    crop: torch.Tensor = roi_align(
-        gray, roi, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True
-    )
-    return crop[0]
+    left, wx = resize_weights(x1, x2, w, size)
+    top, wy = resize_weights(y1, y2, h, size)
+    wx, wy = wx.to(img.device), wy.to(img.device)
+    window = img[:, top : top + wy.shape[1], left : left + wx.shape[1]]
+    rows = max(1, CHUNK_PIXELS // window.shape[2])
+    across = torch.cat(
+        [_gray(window[:, r : r + rows]) @ wx.T for r in range(0, window.shape[1], rows)]
+    )  # (window rows, size)
+    return (wy @ across)[None]
 
 
 def whole_image_boxes(images: list[torch.Tensor]) -> list[torch.Tensor]:

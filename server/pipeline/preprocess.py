@@ -1,4 +1,4 @@
-"""The single definition of classifier input normalisation.
+"""The single definition of classifier input normalisation, and the server's grey conversion.
 
 Training, evaluation and the server all call :func:`normalize`, so a change of
 mean/std (recorded in the checkpoint) cannot make them disagree.
@@ -15,6 +15,7 @@ def normalize(gray_u8: torch.Tensor, mean: float, std: float) -> torch.Tensor:
 
 
 def rgb_to_gray(rgb: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) -> (N, 1, H, W) with ITU-R BT.601 weights, as PIL's "L" and FER2013 use."""
-    w = torch.tensor([0.299, 0.587, 0.114], device=rgb.device, dtype=torch.float32).view(1, 3, 1, 1)
-    return (rgb.float() * w).sum(dim=1, keepdim=True)
+    """(N, 3, H, W) uint8 -> (N, 1, H, W) float32 whole grey levels: ITU-R BT.601 exactly as PIL's "L"
+    computes it (``training/data.py`` trains on that), as does FER2013."""
+    r, g, b = rgb.to(torch.int32).unbind(1)
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).unsqueeze(1).float()

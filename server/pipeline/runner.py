@@ -93,10 +93,6 @@ class Pipeline:
         #: Runs jobs that carry ``regions``; without it they are detected whole.
         self.region_detector = region_detector
 
-    @property
-    def classes(self) -> list[str]:
-        return self.classifier.classes
-
     def _detect(
         self, images: list[torch.Tensor], jobs: Sequence[Job]
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:

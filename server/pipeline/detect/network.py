@@ -41,7 +41,8 @@ class ResBlock(nn.Module):
         self.conv2 = _conv(channels, channels, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(F.relu(self.conv1(x), inplace=True))
+        out: torch.Tensor = x + self.conv2(F.relu(self.conv1(x), inplace=True))
+        return out
 
 
 class PreActBlock(nn.Module):

@@ -44,7 +44,7 @@ def cv2_resize_linear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if (w, h) == (dw, dh):
         return x
     if w == 2 * dw and h == 2 * dh:
-        s = x.int().unflatten(2, (dh, 2)).unflatten(4, (dw, 2)).sum((3, 5))
+        s: torch.Tensor = x.int().unflatten(2, (dh, 2)).unflatten(4, (dw, 2)).sum((3, 5))
         return ((s + 2) >> 2).to(torch.uint8)
     rows, i0, i1, a0, a1, j0, j1, b0, b1 = _resize_plan(w, h, dw, dh, str(x.device))
     xs = x.index_select(2, rows)  # only the source rows the vertical pass reads

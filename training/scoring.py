@@ -1,4 +1,7 @@
-"""Batched inference and metrics shared by `emotion-train` (validation) and `emotion-eval`."""
+"""Scoring faces with a classifier (batched softmax, flip TTA) and the metrics of those scores.
+
+Shared by `emotion-train` (validation) and `emotion-eval`.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,13 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, r
 from torch import nn
 
 from server.pipeline.preprocess import normalize
+
+
+def resize_faces(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, 1, S, S) float faces -> (N, 1, size, size) with PIL's bilinear filter (antialiased when
+    shrinking), the resize ``training/data.py`` and the server's crop use (pinned by
+    tests/test_preprocess_agreement.py)."""
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
 @torch.inference_mode()
@@ -34,7 +44,7 @@ def predict_proba(
     for i in range(0, len(x_all), batch_size):
         x = x_all[i : i + batch_size].to(device).unsqueeze(1).float()
         if size is not None and size != x.shape[-1]:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            x = resize_faces(x, size)
         x = normalize(x, mean, std)
         x = x.contiguous(memory_format=torch.channels_last)
         p = model(x).float().softmax(1)
