@@ -111,4 +111,10 @@ def test_planner_schedule() -> None:
     assert plans == ["whole", "regions", "regions", "whole", "regions", "regions", "whole"]
     planner.observe([], planner.regions(640, 480))  # lost: no face where it was
     assert planner.regions(640, 480) is None
+    apart = [(10.0, 10.0, 50.0, 50.0), (300.0, 300.0, 340.0, 340.0)]
+    close = [(10.0, 10.0, 50.0, 50.0), (80.0, 10.0, 120.0, 50.0)]  # within each other's region
+    for faces, whole in ((apart, False), (close, True)):
+        planner = RegionPlanner(10)
+        planner.observe(faces, None)
+        assert (planner.regions(640, 480) is None) == whole
     assert RegionPlanner(0).regions(640, 480) is None and RegionPlanner(1).regions(640, 480) is None

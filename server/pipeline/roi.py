@@ -7,8 +7,9 @@ a square of ``CONTEXT`` times the face's side, run at ``ROI_INPUT`` (a tenth of 
 pixels of the full input), all regions of all streams in one detector batch.
 
 What that costs: a face that *enters* the frame is only looked for at the next whole-frame
-detection, at most ``every`` frames later (:class:`RegionPlanner`); a face that leaves its
-region (lost: fewer faces than regions) makes the next frame a whole-frame one at once.
+detection, at most ``every`` frames later (:class:`RegionPlanner`); a face that is lost (fewer
+faces than in the frame before) makes the next frame a whole-frame one at once, and so do faces
+close enough together for one's region to reach the other.
 REST requests always detect the whole image; this applies to streams only
 (``EMOTION_STREAM_REDETECT_EVERY``, 0 or 1 = whole frame every time).
 """
@@ -46,6 +47,19 @@ def search_regions(boxes: torch.Tensor, width: int, height: int) -> torch.Tensor
     x2 = torch.minimum(x1 + side, torch.tensor(float(width)))
     y2 = torch.minimum(y1 + side, torch.tensor(float(height)))
     return torch.stack([x1, y1, x2, y2], 1).round()
+
+
+def reaches_another_face(regions: torch.Tensor, boxes: torch.Tensor) -> bool:
+    """Whether any face's region overlaps another face's box: there, a region pass could find the
+    neighbour instead of its own face (seen when one face walks past another), so the frame is
+    detected whole, as it would be without region passes."""
+    if len(boxes) < 2:
+        return False
+    lo = torch.maximum(regions[:, None, :2], boxes[None, :, :2])
+    hi = torch.minimum(regions[:, None, 2:], boxes[None, :, 2:])
+    overlap = (hi - lo).clamp(min=0).prod(-1) > 0
+    overlap.fill_diagonal_(False)
+    return bool(overlap.any())
 
 
 class RegionDetector:
@@ -106,7 +120,9 @@ class RegionPlanner:
     """Per stream: whether the next frame is detected whole or only around the last faces.
 
     Whole: the first frame, every ``every``-th frame after a whole one, after a frame with no
-    face, and after a region pass that lost a face. ``every`` <= 1: always whole.
+    face, after a frame with fewer faces than the one before it (a face lost), and while a face's
+    region reaches another face.
+    ``every`` <= 1: always whole.
     """
 
     def __init__(self, every: int) -> None:
@@ -118,7 +134,10 @@ class RegionPlanner:
         """Regions to search in the next frame (its pixels), or None: detect the whole frame."""
         if self.every <= 1 or self._boxes is None or self._since_whole >= self.every - 1:
             return None
-        return search_regions(self._boxes, width, height)
+        regions = search_regions(self._boxes, width, height)
+        if reaches_another_face(regions, self._boxes):
+            return None  # faces close together (crossing, a group): each region would see two
+        return regions
 
     def observe(self, boxes: Sequence[Sequence[float]], regions: torch.Tensor | None) -> None:
         """The faces found in the frame that was planned with ``regions``."""
@@ -127,5 +146,7 @@ class RegionPlanner:
             self._since_whole = 0
         else:
             self._since_whole += 1
-        lost = regions is not None and len(found) < len(regions)
+        # Fewer faces than the frame before, on a region pass or a whole one (a face the detector
+        # missed once, e.g. while another passed in front): the next frame is searched whole.
+        lost = len(found) < (0 if self._boxes is None else len(self._boxes))
         self._boxes = None if lost or not len(found) else found
