@@ -84,6 +84,8 @@ class ServerProcess:
 
     def start(self, timeout: float = 180.0) -> ServerProcess:
         cmd = [sys.executable, "-m", "server.cli", "--host", "127.0.0.1", "--port", str(self.port)]
+        if self._log is not None:  # restarted after kill(): the previous run's handle
+            self._log.close()
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [*cmd, "--device", self.device], cwd=self.repo, env=self.env, stdout=self._log, stderr=self._log

@@ -425,9 +425,10 @@ class LockstepStream:
 
         url = ws_url(self.server)
         try:
-            self._ws = connect(
-                url, additional_headers=auth_headers(self.api_key), open_timeout=10, max_size=2**22
-            )
+            ws = connect(url, additional_headers=auth_headers(self.api_key), open_timeout=10, max_size=2**22)
+            # Entered like a context manager (closed in close()): websockets 17.1+ deprecates a bare
+            # connect(), and its `legacy=True` spelling does not exist in the older versions we support.
+            self._ws = ws.__enter__()
         except InvalidStatus as exc:
             if exc.response.status_code in AUTH_STATUSES:
                 raise AuthError(f"API key refused by {url}; pass --api-key") from exc

@@ -92,14 +92,14 @@ def test_predict_csv_and_the_apis_options(
     out = tmp_path / "faces.csv"
     args = ["predict", str(files["astro"]), str(files["chelsea"]), "--server", server.url, "-o", str(out)]
     assert main([*args, "--max-faces", "1", "--min-confidence", "0.2"]) == 0
-    rows = list(csv.DictReader(out.open()))
+    rows = list(csv.DictReader(out.read_text().splitlines()))
     assert [r["file"] for r in rows] == [str(files["astro"]), str(files["chelsea"])]  # one face each
     astro = rows[0]
     assert float(astro["confidence"]) > 0.9 and int(astro["w"]) > 50
     assert sum(float(astro[e]) for e in EMOTIONS) == pytest.approx(1.0, abs=1e-4)
     assert astro["dominant"] == max(EMOTIONS, key=lambda e: float(astro[e]))
     assert main([*args, "--no-detect"]) == 0  # the whole image is the face
-    whole = next(iter(csv.DictReader(out.open())))
+    whole = next(iter(csv.DictReader(out.read_text().splitlines())))
     assert (whole["x"], whole["y"], whole["w"], whole["h"], whole["confidence"]) == (
         "0",
         "0",

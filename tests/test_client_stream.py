@@ -178,7 +178,8 @@ def test_output_into_a_closed_pipe_ends_quietly(server: LiveServer, tmp_path: Pa
     assert proc.stdout is not None and proc.stderr is not None
     start = time.monotonic()
     proc.stdout.close()  # like `head` exiting before the client writes
-    err = proc.stderr.read().decode()
+    with proc.stderr:
+        err = proc.stderr.read().decode()
     assert proc.wait(timeout=30) == EXIT_BROKEN_PIPE, err
     assert "Traceback" not in err and "BrokenPipeError" not in err and "Exception ignored" not in err, err
     assert time.monotonic() - start < 15, "the stream ends at the first failed write, not at --duration"

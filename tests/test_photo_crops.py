@@ -85,7 +85,8 @@ def test_crop_is_the_servers_crop(crops: Path, photos: Path, tiny_checkpoint: Pa
     img = decode_image((photos / "happiness" / "Person_3_0001.jpg").read_bytes(), max_pixels=cfg.max_pixels)
     det = pipeline.detector.detect([img.tensor], min_confidence=cfg.score_threshold, max_faces=1)[0]
     want = crop_faces([img.tensor], [det.boxes[:1].float()], CropSpec(), 48)[0, 0]
-    got = torch.from_numpy(np.asarray(Image.open(png), dtype=np.float32))
+    with Image.open(png) as face:
+        got = torch.from_numpy(np.asarray(face, dtype=np.float32))
     assert (got - want).abs().max() <= 0.5 + 1e-4  # rounding to uint8 only
 
 

@@ -7,6 +7,7 @@ belongs to the face whose visible pixels hold its box centre (B is drawn over A 
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ def face_tiles(astronaut: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.asarray(img.convert("RGB").resize((SIDE, SIDE), Image.Resampling.BILINEAR))
 
     if all((REALFACES / p).is_file() for p in PHOTOS):
-        first, second = (tile(Image.open(REALFACES / p)) for p in PHOTOS)
+        first, second = (tile(Image.open(io.BytesIO((REALFACES / p).read_bytes()))) for p in PHOTOS)
         return first, second
     face = tile(Image.fromarray(astronaut[30:210, 140:320]))
     return face, face[:, ::-1].copy()
