@@ -105,7 +105,8 @@ class EmotionAnalyzer:
     """
 
     def __init__(self, checkpoint: str | Path | None = None, *, device: str = "auto", **options: Any) -> None:
-        values: dict[str, Any] = {"device": device, "warmup": False, **options}
+        # No streams in a library call: no second (region-pass) detector to build and hold.
+        values: dict[str, Any] = {"device": device, "warmup": False, "stream_redetect_every": 1, **options}
         if checkpoint is not None:
             values["checkpoint"] = Path(checkpoint)
         self._init(ArgumentSettings(**values))

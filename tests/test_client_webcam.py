@@ -303,6 +303,8 @@ def x_display() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+        if proc.stderr is not None:
+            proc.stderr.close()
 
 
 FACE = FaceResult(
