@@ -19,9 +19,9 @@ from typing import Any
 
 import av
 
-from client.capture import Source, image_files
 from client.errors import CaptureError
 from client.picture import RgbImage
+from client.sources import Source, VideoFrame, image_files
 
 # Codecs whose packets decode on their own: a live camera's packets can then be skipped undecoded.
 _INTRA_ONLY = frozenset({"mjpeg", "rawvideo"})
@@ -276,7 +276,6 @@ class VideoFileFrames:
         self._encoder: JpegEncoder | None = None
 
     def __iter__(self) -> Iterator[Any]:
-        from client.batch import VideoFrame
 
         try:
             for index, frame in enumerate(self._container.decode(self._stream)):

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from client.errors import AuthError, ClientError, ServerError, ServerUnavailable, UsageError
+from client.sources import VideoFrame
 from shared.emotions import EMOTIONS
 from shared.protocol import ErrorBody, ErrorDetail, FaceResult, PredictResponse, StreamControl, StreamResult
 
@@ -113,14 +114,6 @@ def require_cv2() -> Any:
     except ImportError as exc:
         raise UsageError("annotated images need OpenCV: pip install 'emotion-service[camera]'") from exc
     return cv2
-
-
-@dataclass
-class VideoFrame:
-    index: int
-    ts_ms: float
-    image: Any  # BGR uint8 array (OpenCV) or picture.RgbImage (PyAV): what a window shows
-    source: Any = None  # PyAV: the decoded frame, encoded from directly
 
 
 class VideoFrames(Protocol):

@@ -1,10 +1,10 @@
-"""Frame sources, the capture thread, and which capture library runs them.
+"""The capture thread, and which capture library opens a source (`client.sources` defines them).
 
 Capture runs in its own thread and publishes into a `LatestFrame` slot that keeps only the
 newest frame: a slow network then costs skipped frames, never growing latency, and a slow
 camera never stalls the sender or the receiver.
 
-Two backends implement `Source`: OpenCV (`client/cv_capture.py`, the `camera` extra) and PyAV
+Two backends implement `client.sources.Source`: OpenCV (`client/cv_capture.py`, the `camera` extra) and PyAV
 (`client/av_capture.py`, the lean `webcam` extra, no numpy). `open_source` picks OpenCV when it
 is installed, else PyAV; this module imports neither.
 """
@@ -15,55 +15,15 @@ import asyncio
 import importlib.util
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from client.errors import CaptureError, UsageError
+from client.errors import UsageError
+from client.sources import Frame, Source
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 BACKENDS = ("auto", "opencv", "av")
 INSTALL_HINT = (
     "pip install 'emotion-service[webcam]' (PyAV, the lean install) or 'emotion-service[camera]' (OpenCV)"
 )
-
-
-@dataclass(frozen=True)
-class Frame:
-    """One captured frame, already resized and JPEG-encoded for sending."""
-
-    seq: int  # counts captured frames since start (not the wire index, which is per connection)
-    # What the window shows, the size that is sent (reply boxes map 1:1 onto it): a BGR numpy array
-    # (OpenCV) or a `picture.RgbImage` (PyAV); None when nothing displays or records.
-    image: Any
-    jpeg: bytes
-    captured: float  # time.monotonic()
-
-
-class Source:
-    """A sequence of frames. `live` sources (cameras) are drained, not paced.
-
-    `read` is cheap (a camera's MJPEG packet is not even decoded), because a live source is read
-    faster than frames are kept; `prepare` does the work for the frames that are kept.
-    """
-
-    live = False
-    native_fps: float | None = None
-
-    def read(self) -> Any | None:
-        """Next raw frame, or None at the end."""
-        raise NotImplementedError
-
-    def prepare(self, raw: Any, width: int | None, quality: int, picture: bool) -> tuple[Any, bytes]:
-        """(picture or None, JPEG) of a raw frame, downscaled to at most `width` pixels wide."""
-        raise NotImplementedError
-
-    def rewind(self) -> bool:
-        """Start again from the first frame (for --loop); False if the source cannot."""
-        return False
-
-    def close(self) -> None:
-        pass
 
 
 def capture_backend(name: str = "auto") -> str:
@@ -95,16 +55,6 @@ def open_source(
     if images is not None:
         return impl.ImageDirSource(images)
     return impl.CameraSource(0 if camera is None else camera)
-
-
-def image_files(folder: Path) -> list[Path]:
-    """The images of a folder in name order; CaptureError when there are none."""
-    if not folder.is_dir():
-        raise CaptureError(f"image folder not found: {folder}")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise CaptureError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
-    return paths
 
 
 class LatestFrame:

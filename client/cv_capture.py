@@ -9,8 +9,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from client.capture import Source, image_files
 from client.errors import CaptureError
+from client.sources import Source, image_files
 
 
 class _ArraySource(Source):
