@@ -96,9 +96,11 @@ def make_crops(
             x1, y1, x2, y2 = result.faces[0].box
             box = torch.tensor([[x1 / sx, y1 / sy, x2 / sx, y2 / sy]])
             face = crop_faces([img.tensor], [box], spec, size)[0, 0]
-            _write(out, photo, face.round().clamp(0, 255).to(torch.uint8).numpy(), heldout_fraction, salt)
-            side = "heldout" if is_heldout(person_of(photo.path), heldout_fraction, salt) else "train"
-            persons[side].add(person_of(photo.path))
+            person = person_of(photo.path)
+            heldout = is_heldout(person, heldout_fraction, salt)
+            _write(out, photo, face.round().clamp(0, 255).to(torch.uint8).numpy(), heldout)
+            side = "heldout" if heldout else "train"
+            persons[side].add(person)
             counts[f"{side}/{photo.label}"] += 1
     bar.close()
     manifest: dict[str, object] = {
@@ -117,8 +119,7 @@ def make_crops(
     return manifest
 
 
-def _write(out: Path, photo: Photo, face: np.ndarray, fraction: float, salt: str) -> None:
-    heldout = is_heldout(person_of(photo.path), fraction, salt)
+def _write(out: Path, photo: Photo, face: np.ndarray, heldout: bool) -> None:
     folder, prefix = ("test", "PublicTest_") if heldout else ("train", "Training_")
     target = out / "crops" / folder / str(photo.label) / f"{prefix}{photo.path.stem}.png"
     target.parent.mkdir(parents=True, exist_ok=True)
