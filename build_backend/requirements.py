@@ -57,7 +57,10 @@ SERVER_SCRIPTS = [
     "emotion-eval = training.evaluate:main",
 ]
 SERVER_PACKAGES = ["server", "training", "emotion_service"]
-SERVER_PACKAGE_DATA = {"server": ["checkpoints/*.safetensors", "api/web/*"], "emotion_service": ["py.typed"]}
+SERVER_PACKAGE_DATA = {
+    "server": ["checkpoints/*.safetensors", "checkpoints/blazeface/*", "api/web/*"],
+    "emotion_service": ["py.typed"],
+}
 
 
 def fresh_build_options(prefix: str) -> dict[str, Any]:

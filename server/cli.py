@@ -29,7 +29,7 @@ from server.app import create_app
 from server.config import Settings
 from server.connection_limits import AbortingWebSocketProtocol, bounded_head_protocol
 from server.logs import install_redaction, route_warnings_to_log
-from server.pipeline.detect.options import DETECTORS
+from server.pipeline.detect.options import DETECTOR_CHOICES
 from server.runtime import Runtime, load_analyzer
 
 #: Extra room over the frame limit so the app, not uvicorn, rejects big frames (with a reason).
@@ -79,8 +79,12 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port (EMOTION_PORT, default 8000)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (EMOTION_DEVICE, default auto)")
     p.add_argument("--checkpoint", help="emotion checkpoint .safetensors (EMOTION_CHECKPOINT)")
-    p.add_argument("--detector", choices=DETECTORS, help="face detector (EMOTION_DETECTOR, default ssd)")
-    p.add_argument("--detector-input-size", help="detector input, WxH or one side (default 300x300)")
+    p.add_argument(
+        "--detector",
+        choices=DETECTOR_CHOICES,
+        help="face detector (EMOTION_DETECTOR, default ssd; auto: blazeface with OpenVINO, else ssd)",
+    )
+    p.add_argument("--detector-input-size", help="SSD input, WxH or one side (default 300x300)")
     p.add_argument("--score-threshold", type=float, help="default minimum detector score (default 0.5)")
     p.add_argument("--max-faces", type=int, help="default and maximum faces per image (default 10)")
     p.add_argument("--max-batch-size", type=int, help="images per model batch (default 16)")

@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from server.device import resolve_device
 from server.model.checkpoint import DEFAULT_CHECKPOINT
-from server.pipeline.detect.options import DetectorName, DetectorOptions
+from server.pipeline.detect.options import DetectorChoice, DetectorOptions
 
 MiB = 1024 * 1024
 #: Keys that show up in copy-pasted examples; refusing them beats shipping them.
@@ -51,9 +51,14 @@ class Settings(BaseSettings):
     )
     checkpoint: Path = DEFAULT_CHECKPOINT
 
-    detector: DetectorName = "ssd"
+    detector: DetectorChoice = Field(
+        default="ssd",
+        description="ssd, blazeface (CPU with OpenVINO: BlazeFace proposes, the SSD confirms and "
+        "frames), haar, or auto (blazeface where OpenVINO runs the models, else ssd).",
+    )
     detector_input_size: Annotated[tuple[int, int], NoDecode] = Field(
-        default=(300, 300), description="Detector network input, WxH or one side: 300, 320x240, 160x120."
+        default=(300, 300),
+        description="SSD network input, WxH or one side: 300, 320x240, 160x120 (blazeface's are fixed).",
     )
     score_threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="Default minimum detector score.")
     max_faces: int = Field(

@@ -27,6 +27,7 @@ from server.model.checkpoint import CheckpointMeta, read_meta
 from server.pipeline.backend import resolve_backend
 from server.pipeline.batcher import Batcher
 from server.pipeline.decode import SUPPORTED_FORMATS, DecodedImage, decode_image
+from server.pipeline.detect.options import detector_input, resolve_detector
 from server.pipeline.runner import Job, JobResult, work_size
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,8 @@ class Runtime:
         self.device = settings.torch_device()
         #: Model runtime actually used (``auto`` resolved): torch or openvino.
         self.backend = resolve_backend(settings.backend, self.device)
+        #: Face detector actually used (``auto`` resolved): blazeface, ssd or haar.
+        self.detector = resolve_detector(settings.detector, self.backend)
         self.metrics = Metrics()
         self.streams = StreamHub(settings.max_streams, settings.max_streams_per_client)
         self.meta: CheckpointMeta = read_meta(settings.checkpoint)  # fails fast on a wrong file
@@ -156,7 +159,7 @@ class Runtime:
             time.perf_counter() - start,
             self.meta.name,
             self.model_version,
-            self.settings.detector,
+            self.detector,
             self.device,
             self.backend,
         )
@@ -213,8 +216,8 @@ class Runtime:
                 "data_fingerprint": m.data_fingerprint,
             },
             "detector": {
-                "kind": s.detector,
-                "input_size": "{}x{}".format(*s.detector_input_size),
+                "kind": self.detector,
+                "input_size": detector_input(self.detector, s.detector_input_size),
                 "score_threshold": s.score_threshold,
                 "min_face_size": s.min_face_size,
                 "max_faces": s.max_faces,

@@ -14,6 +14,7 @@ from torchvision.ops import box_iou
 from server.cli import load_settings
 from server.config import Settings
 from server.pipeline.detect import (
+    DETECTOR_CHOICES,
     DETECTORS,
     Detections,
     DetectorOptions,
@@ -22,6 +23,7 @@ from server.pipeline.detect import (
     SSDFaceDetector,
     build_detector,
     locate_weights,
+    resolve_detector,
 )
 from server.pipeline.detect.cache import load_converted
 from server.pipeline.detect.layouts import prototxt_for_layout
@@ -288,15 +290,20 @@ def test_cache_dir_comes_from_settings(
 
 
 def test_one_registry_of_detector_names(tiny_checkpoint: Path) -> None:
-    """Settings, the command line and build_detector accept exactly the registered names."""
-    assert DETECTORS == ("ssd", "haar")
+    """Settings, the command line and build_detector accept exactly the registered names (and
+    settings ``auto``, resolved by the backend)."""
+    assert DETECTORS == ("ssd", "haar", "blazeface")
+    assert ("auto", *DETECTORS) == DETECTOR_CHOICES
+    assert Settings(checkpoint=tiny_checkpoint).detector == "ssd"
     for name in DETECTORS:
         settings = load_settings(
             ["--detector", name, "--checkpoint", str(tiny_checkpoint), "--max-faces", "3"]
         )
-        det = build_detector(settings.detector, settings.detector_options())
+        det = build_detector(resolve_detector(settings.detector, "openvino"), settings.detector_options())
         assert det.name == name
         assert det.options == DetectorOptions(max_faces=3)  # type: ignore[attr-defined]
+    auto = load_settings(["--detector", "auto", "--checkpoint", str(tiny_checkpoint)])
+    assert resolve_detector(auto.detector, "torch") == "ssd"
     with pytest.raises(SystemExit):
         load_settings(["--detector", "yolo"])
     with pytest.raises(ValueError, match="detector"):

@@ -44,6 +44,7 @@ def test_server_distribution_ships_the_code_checkpoint_and_commands(tmp_path: Pa
     whl = build_wheel(REPO / "packaging" / "server", tmp_path)
     names = whl.namelist()
     assert "server/checkpoints/emotion-resnet18.safetensors" in names
+    assert "server/checkpoints/blazeface/face_detection_back.tflite" in names  # EMOTION_DETECTOR=blazeface
     assert "server/api/web/index.html" in names and "emotion_service/analyzer.py" in names
     assert not any(n.startswith(("client/", "shared/")) for n in names)  # those come from emotion-service
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

@@ -90,7 +90,9 @@ class ModelInfo(BaseModel):
 
 class DetectorInfo(BaseModel):
     kind: str
-    input_size: str = Field(description="Network input, WxH.")
+    input_size: str = Field(
+        description="Network input, WxH (blazeface: its two networks, WxH+WxH; haar: the image)."
+    )
     score_threshold: float
     min_face_size: int
     max_faces: int

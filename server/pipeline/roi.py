@@ -116,6 +116,59 @@ class RegionDetector:
         return out
 
 
+class ProposedRegions:
+    """Whole-image detection in two steps: a fast detector proposes the faces, and the SSD around
+    each proposal (the streams' region pass, :class:`RegionDetector`) confirms it and draws its box.
+
+    Why: on the CPU, BlazeFace finds faces in ~4 ms where the SSD over the whole image takes
+    ~11 ms, and finds more of the small ones; but the classifier was trained on crops of the SSD's
+    boxes, and BlazeFace's boxes, even mapped to the SSD's framing, cost ~1.5 points on real
+    photos (docs/benchmarks.md). The region pass gives the SSD's framing at a tenth of its
+    pixels, and drops a proposal the SSD does not confirm. Images whose proposals sit close
+    together (a region reaching another face: crowds, a face behind another) go to ``whole``,
+    the SSD over the whole image, as region passes keep one face per region.
+    """
+
+    def __init__(self, proposer: FaceDetector, refiner: RegionDetector, whole: FaceDetector) -> None:
+        self.proposer = proposer
+        self.refiner = refiner
+        self.whole = whole
+        self.name = proposer.name
+
+    def detect(
+        self,
+        images: Sequence[torch.Tensor],
+        min_confidence: float | None = None,
+        max_faces: int | None = None,
+    ) -> list[Detections]:
+        proposals = self.proposer.detect(list(images), min_confidence, max_faces)
+        out: list[Detections] = list(proposals)  # images without a proposal: no face
+        regions: dict[int, torch.Tensor] = {}
+        whole: list[int] = []
+        limits = (min_confidence, max_faces)
+        for i, (img, found) in enumerate(zip(images, proposals, strict=True)):
+            if not len(found):
+                continue
+            regs = search_regions(found.boxes, img.shape[2], img.shape[1])
+            if reaches_another_face(regs, found.boxes):
+                whole.append(i)
+            else:
+                regions[i] = regs
+        if regions:
+            at = list(regions)
+            refined = self.refiner.detect([images[i] for i in at], [regions[i] for i in at], *limits)
+            out = _placed(out, at, refined)
+        if whole:
+            out = _placed(out, whole, self.whole.detect([images[i] for i in whole], *limits))
+        return out
+
+
+def _placed(out: list[Detections], at: list[int], found: list[Detections]) -> list[Detections]:
+    for i, det in zip(at, found, strict=True):
+        out[i] = det
+    return out
+
+
 class RegionPlanner:
     """Per stream: whether the next frame is detected whole or only around the last faces.
 

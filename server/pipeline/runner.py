@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ import torch
 from server.pipeline.classify import EmotionClassifier
 from server.pipeline.crop import WHOLE_IMAGE, crop_faces
 from server.pipeline.decode import DecodedImage
-from server.pipeline.roi import ROI_INPUT, RegionDetector
+from server.pipeline.roi import ROI_INPUT, ProposedRegions, RegionDetector
 from server.pipeline.types import FaceDetector
 
 if TYPE_CHECKING:
@@ -195,7 +195,7 @@ def build_pipeline(settings: Settings, device: str) -> Pipeline:
     """Load both models on the configured backend (slow). :class:`emotion_service.EmotionAnalyzer`
     is built on this, and the server on the analyzer."""
     from server.pipeline.backend import compile_module, resolve_backend
-    from server.pipeline.detect import SSDFaceDetector, build_detector
+    from server.pipeline.detect import SSDFaceDetector, build_detector, resolve_detector
 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
@@ -209,15 +209,27 @@ def build_pipeline(settings: Settings, device: str) -> Pipeline:
         flip_tta=settings.flip_tta,
         cache_dir=settings.cache_dir,
     )
-    detector = build_detector(
-        settings.detector, settings.detector_options(), device, cache_dir=settings.cache_dir
-    )
-    region_detector = None
-    if isinstance(detector, SSDFaceDetector) and settings.stream_redetect_every > 1:
-        # Streams' region passes (server.pipeline.roi): the same SSD at the regions' input size.
-        options = replace(settings.detector_options(), input_size=ROI_INPUT)
-        region_detector = RegionDetector(build_detector("ssd", options, device, cache_dir=settings.cache_dir))
-    for det in (detector, region_detector.detector if region_detector else None):
+    kind = resolve_detector(settings.detector, backend)
+    options = settings.detector_options()
+    ssd_args: dict[str, Any] = {"device": device, "cache_dir": settings.cache_dir}
+    region = None
+    if kind == "blazeface" or (kind == "ssd" and settings.stream_redetect_every > 1):
+        # The SSD at a region's input size: the streams' region passes (server.pipeline.roi), and
+        # with BlazeFace, what confirms and frames each face it proposes.
+        region = RegionDetector(build_detector("ssd", replace(options, input_size=ROI_INPUT), **ssd_args))
+    detector: FaceDetector
+    if kind == "blazeface":
+        assert region is not None
+        proposer = build_detector(
+            kind, options, device, threads=settings.torch_threads, precision=settings.cpu_precision
+        )
+        detector = ProposedRegions(proposer, region, build_detector("ssd", options, **ssd_args))
+    else:
+        detector = build_detector(kind, options, **ssd_args)
+    region_detector = region if settings.stream_redetect_every > 1 else None
+    ssds = [detector.whole if isinstance(detector, ProposedRegions) else detector]
+    ssds += [region.detector] if region is not None else []
+    for det in ssds:
         if isinstance(det, SSDFaceDetector):
             w, h = det.input_size
             example = det.preprocess([torch.zeros((3, h, w), dtype=torch.uint8)])

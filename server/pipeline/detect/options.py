@@ -11,8 +11,33 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 #: The detector backends, by the name settings and the command line use.
-DetectorName = Literal["ssd", "haar"]
+DetectorName = Literal["ssd", "haar", "blazeface"]
 DETECTORS: tuple[str, ...] = get_args(DetectorName)
+#: What settings accept: a backend, or ``auto`` (:func:`resolve_detector`).
+DetectorChoice = Literal["auto", "ssd", "haar", "blazeface"]
+DETECTOR_CHOICES: tuple[str, ...] = get_args(DetectorChoice)
+
+
+def resolve_detector(choice: str, backend: str) -> DetectorName:
+    """``auto``: BlazeFace proposals where OpenVINO runs the models (the CPU), else the SSD (GPUs,
+    the torch reference path: BlazeFace has no torch port). Other names are returned as they are.
+    The default stays ``ssd``: docs/benchmarks.md, "BlazeFace proposals", has why."""
+    if choice == "auto":
+        return "blazeface" if backend == "openvino" else "ssd"
+    if choice not in DETECTORS:
+        raise ValueError(f"unknown detector {choice!r}; expected one of {DETECTOR_CHOICES}")
+    return choice  # type: ignore[return-value]
+
+
+def detector_input(kind: str, ssd_input: tuple[int, int]) -> str:
+    """The network input(s) of detector ``kind``, WxH, for /v1/info: the SSD's is a setting;
+    BlazeFace's are fixed (the short-range 128x128, then the back model at 320x256 for landscape
+    images, 256x320 for portrait, 320x320 near square)."""
+    if kind == "blazeface":
+        return "128x128+320x256 (SSD 96x96 per face)"
+    if kind == "haar":
+        return "image"
+    return "{}x{}".format(*ssd_input)
 
 
 @dataclass(frozen=True)
