@@ -12,8 +12,9 @@ otherwise score the model on a face it has memorised).
 * ``DIR/crops/test/<class>/PublicTest_<photo>.png``: crops of the held-out people, which
   :func:`training.data.load_dataset` reads as a ``public`` (validation) split
   (``emotion-train --extra-train DIR/crops``);
-* ``DIR/heldout/<class>/<photo>``: links to the held-out people's original photos, for the
-  whole-pipeline evaluation ``emotion-eval --detect --data DIR/heldout``;
+* ``DIR/heldout/<class>/<photo>``: links to all the held-out people's original photos (those the
+  detector finds no face in too: the evaluation counts them wrong), for the whole-pipeline
+  evaluation ``emotion-eval --detect --data DIR/heldout``;
 * ``DIR/manifest.json``: counts, the split rule and the settings used.
 
 The person is the file name without its trailing ``_<digits>`` (``Aaron_Eckhart_0001.jpg``
@@ -89,6 +90,13 @@ def make_crops(
         counts["undecodable"] += len(batch) - len(good)
         results = pipeline.run([Job(img, options) for _, img in good]) if good else []
         for (photo, img), result in zip(good, results, strict=True):
+            person = person_of(photo.path)
+            heldout = is_heldout(person, heldout_fraction, salt)
+            side = "heldout" if heldout else "train"
+            persons[side].add(person)
+            if heldout:  # every held-out photo, face found or not: the evaluation counts a miss wrong
+                _link_heldout(out, photo)
+                counts[f"heldout_photos/{photo.label}"] += 1
             if not result.faces:
                 counts["no_face"] += 1
                 continue
@@ -96,11 +104,7 @@ def make_crops(
             x1, y1, x2, y2 = result.faces[0].box
             box = torch.tensor([[x1 / sx, y1 / sy, x2 / sx, y2 / sy]])
             face = crop_faces([img.tensor], [box], spec, size)[0, 0]
-            person = person_of(photo.path)
-            heldout = is_heldout(person, heldout_fraction, salt)
-            _write(out, photo, face.round().clamp(0, 255).to(torch.uint8).numpy(), heldout)
-            side = "heldout" if heldout else "train"
-            persons[side].add(person)
+            _write_crop(out, photo, face.round().clamp(0, 255).to(torch.uint8).numpy(), heldout)
             counts[f"{side}/{photo.label}"] += 1
     bar.close()
     manifest: dict[str, object] = {
@@ -119,16 +123,19 @@ def make_crops(
     return manifest
 
 
-def _write(out: Path, photo: Photo, face: np.ndarray, heldout: bool) -> None:
+def _write_crop(out: Path, photo: Photo, face: np.ndarray, heldout: bool) -> None:
     folder, prefix = ("test", "PublicTest_") if heldout else ("train", "Training_")
     target = out / "crops" / folder / str(photo.label) / f"{prefix}{photo.path.stem}.png"
     target.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(face, mode="L").save(target)
-    if heldout:  # the original photo, for the whole-pipeline evaluation of held-out people
-        link = out / "heldout" / photo.folder / photo.path.name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if not link.exists():
-            os.symlink(photo.path.resolve(), link)
+
+
+def _link_heldout(out: Path, photo: Photo) -> None:
+    """The original photo, for the whole-pipeline evaluation of held-out people."""
+    link = out / "heldout" / photo.folder / photo.path.name
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.exists():
+        os.symlink(photo.path.resolve(), link)
 
 
 def main(argv: list[str] | None = None) -> None:
