@@ -347,3 +347,22 @@ def test_cuda_matches_cpu(ssd: FaceDetector, canvas: np.ndarray) -> None:
     (got,) = cuda.detect([img.cuda()])
     assert len(got) == len(ref)
     assert box_iou(ref.boxes, got.boxes.cpu()).diagonal().min() > 0.98
+
+
+def test_one_face_per_image_skips_nms_and_keeps_the_same_face(
+    ssd: FaceDetector, astronaut: np.ndarray, canvas: np.ndarray
+) -> None:
+    """``max_faces=1`` (the streams' region passes) takes the best box without NMS: the same box and
+    score as the first of the full selection, for every image of a batch, at any threshold."""
+    rng = np.random.default_rng(5)
+    noise = cv2.GaussianBlur(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8), (0, 0), 3)
+    images = [chw(astronaut), chw(canvas), chw(noise), chw(np.ascontiguousarray(astronaut[:200, :150]))]
+    for threshold in (0.5, 0.05, 0.0):
+        full = ssd.detect(images, min_confidence=threshold, max_faces=20)
+        one = ssd.detect(images, min_confidence=threshold, max_faces=1)
+        for f, o in zip(full, one, strict=True):
+            assert len(o) == min(len(f), 1)
+            assert torch.equal(o.boxes, f.boxes[:1]) and torch.equal(o.scores, f.scores[:1])
+    strict = SSDFaceDetector(locate_weights(), DetectorOptions(min_face_size=150))  # NMS fallback path
+    f, o = strict.detect(images[:2], max_faces=20), strict.detect(images[:2], max_faces=1)
+    assert [torch.equal(a.boxes[:1], b.boxes) for a, b in zip(f, o, strict=True)] == [True, True]

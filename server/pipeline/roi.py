@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torchvision.ops import nms
+from torchvision.ops import box_iou, nms
 
 from server.pipeline.types import Detections, FaceDetector
 
@@ -33,6 +33,10 @@ ROI_INPUT = (96, 96)
 CONTEXT = 2.5
 #: Overlap above which two faces found in overlapping regions are the same face (the SSD's own).
 NMS_IOU = 0.45
+#: With ``near`` boxes: the least overlap between a region's face and its box, and the most faces
+#: one region is searched for (a region 2.5 face sides wide holds a few at most).
+MATCH_IOU = 0.3
+MAX_PER_REGION = 8
 
 
 def search_regions(boxes: torch.Tensor, width: int, height: int) -> torch.Tensor:
@@ -82,7 +86,14 @@ class RegionDetector:
         regions: Sequence[torch.Tensor],
         min_confidence: float | None = None,
         max_faces: int | None = None,
+        near: Sequence[torch.Tensor] | None = None,
     ) -> list[Detections]:
+        """Faces in ``regions`` ((K, 4) per image, image pixels), one per region, in image pixels.
+
+        A region's face is its best one; with ``near`` ((K, 4) per image, a box per region), the
+        one overlapping that box most (IoU >= :data:`MATCH_IOU`, else none): a region that also
+        holds a neighbour's face then still gives its own.
+        """
         crops: list[torch.Tensor] = []
         owners: list[tuple[int, float, float]] = []
         for i, (img, regs) in enumerate(zip(images, regions, strict=True)):
@@ -92,17 +103,26 @@ class RegionDetector:
                 x2, y2 = min(max(x2, x1 + 1), w), min(max(y2, y1 + 1), h)
                 crops.append(img[:, y1:y2, x1:x2])
                 owners.append((i, float(x1), float(y1)))
-        found = self.detector.detect(crops, min_confidence=min_confidence, max_faces=max_faces)
+        targets = None if near is None else torch.cat([b.reshape(-1, 4).float() for b in near])
+        found = self.detector.detect(
+            crops, min_confidence=min_confidence, max_faces=1 if targets is None else MAX_PER_REGION
+        )
         self.passes += 1
         self.regions += len(crops)
         boxes: list[list[torch.Tensor]] = [[] for _ in images]
         scores: list[list[torch.Tensor]] = [[] for _ in images]
-        for (i, ox, oy), det in zip(owners, found, strict=True):
-            # One face per region, its best: the region follows one face; anything else in it is
-            # either a weak false detection (seen at scores ~0.5 beside a face at 0.99) or a
-            # face the next whole-frame pass will find.
-            boxes[i].append(det.boxes[:1].float() + torch.tensor([ox, oy, ox, oy]))
-            scores[i].append(det.scores[:1].float())
+        for k, ((i, ox, oy), det) in enumerate(zip(owners, found, strict=True)):
+            # One face per region: the region follows one face; anything else in it is either a
+            # weak false detection (seen at scores ~0.5 beside a face at 0.99), a neighbour's face
+            # (found in its own region) or a face the next whole-frame pass will find.
+            b = det.boxes.float() + torch.tensor([ox, oy, ox, oy])
+            pick = slice(0, 1)
+            if targets is not None and len(b):
+                overlap = box_iou(targets[k : k + 1], b)[0]
+                best = int(overlap.argmax())
+                pick = slice(best, best + 1) if float(overlap[best]) >= MATCH_IOU else slice(0, 0)
+            boxes[i].append(b[pick])
+            scores[i].append(det.scores[pick].float())
         out = []
         for b_list, s_list in zip(boxes, scores, strict=True):
             if not b_list:
@@ -120,19 +140,16 @@ class ProposedRegions:
     """Whole-image detection in two steps: a fast detector proposes the faces, and the SSD around
     each proposal (the streams' region pass, :class:`RegionDetector`) confirms it and draws its box.
 
-    Why: on the CPU, BlazeFace finds faces in ~4 ms where the SSD over the whole image takes
-    ~11 ms, and finds more of the small ones; but the classifier was trained on crops of the SSD's
-    boxes, and BlazeFace's boxes, even mapped to the SSD's framing, cost ~1.5 points on real
-    photos (docs/benchmarks.md). The region pass gives the SSD's framing at a tenth of its
-    pixels, and drops a proposal the SSD does not confirm. Images whose proposals sit close
-    together (a region reaching another face: crowds, a face behind another) go to ``whole``,
-    the SSD over the whole image, as region passes keep one face per region.
+    Why: on the CPU, BlazeFace proposes faces in ~5 ms where the SSD over the whole image takes
+    ~9-11 ms, and finds more of the small ones; but the classifier was trained on crops of the
+    SSD's boxes, and BlazeFace's boxes, even mapped to the SSD's framing, cost ~1.5 points on
+    real photos (docs/benchmarks.md). The region pass gives the SSD's framing at a tenth of its
+    pixels, and drops a proposal the SSD does not confirm.
     """
 
-    def __init__(self, proposer: FaceDetector, refiner: RegionDetector, whole: FaceDetector) -> None:
+    def __init__(self, proposer: FaceDetector, refiner: RegionDetector) -> None:
         self.proposer = proposer
         self.refiner = refiner
-        self.whole = whole
         self.name = proposer.name
 
     def detect(
@@ -143,24 +160,16 @@ class ProposedRegions:
     ) -> list[Detections]:
         proposals = self.proposer.detect(list(images), min_confidence, max_faces)
         out: list[Detections] = list(proposals)  # images without a proposal: no face
-        regions: dict[int, torch.Tensor] = {}
-        whole: list[int] = []
-        limits = (min_confidence, max_faces)
-        for i, (img, found) in enumerate(zip(images, proposals, strict=True)):
-            if not len(found):
-                continue
-            regs = search_regions(found.boxes, img.shape[2], img.shape[1])
-            if reaches_another_face(regs, found.boxes):
-                whole.append(i)
-            else:
-                regions[i] = regs
-        if regions:
-            at = list(regions)
-            refined = self.refiner.detect([images[i] for i in at], [regions[i] for i in at], *limits)
-            out = _placed(out, at, refined)
-        if whole:
-            out = _placed(out, whole, self.whole.detect([images[i] for i in whole], *limits))
-        return out
+        at = [i for i, found in enumerate(proposals) if len(found)]
+        if not at:
+            return out
+        regions = [search_regions(proposals[i].boxes, images[i].shape[2], images[i].shape[1]) for i in at]
+        # Faces close together: each region may hold a neighbour too, so each keeps the face that
+        # matches its own proposal (slower: the region SSD then runs its NMS).
+        crowded = any(reaches_another_face(r, proposals[i].boxes) for i, r in zip(at, regions, strict=True))
+        near = [proposals[i].boxes for i in at] if crowded else None
+        refined = self.refiner.detect([images[i] for i in at], regions, min_confidence, max_faces, near=near)
+        return _placed(out, at, refined)
 
 
 def _placed(out: list[Detections], at: list[int], found: list[Detections]) -> list[Detections]:

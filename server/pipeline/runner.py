@@ -223,12 +223,11 @@ def build_pipeline(settings: Settings, device: str) -> Pipeline:
         proposer = build_detector(
             kind, options, device, threads=settings.torch_threads, precision=settings.cpu_precision
         )
-        detector = ProposedRegions(proposer, region, build_detector("ssd", options, **ssd_args))
+        detector = ProposedRegions(proposer, region)
     else:
         detector = build_detector(kind, options, **ssd_args)
     region_detector = region if settings.stream_redetect_every > 1 else None
-    ssds = [detector.whole if isinstance(detector, ProposedRegions) else detector]
-    ssds += [region.detector] if region is not None else []
+    ssds = [detector] + ([region.detector] if region is not None else [])
     for det in ssds:
         if isinstance(det, SSDFaceDetector):
             w, h = det.input_size

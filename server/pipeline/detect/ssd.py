@@ -126,8 +126,10 @@ class SSDFaceDetector:
             return []
         boxes, scores = self.forward_raw(self.preprocess(images))
         threshold, limit = self.options.per_call(min_confidence, max_faces)
-        keep = select_detections(boxes, scores, threshold, self.output_spec)
         min_side = max(self.options.min_face_size, 1e-6)
+        keep = self._best(boxes, scores, threshold, min_side, images) if limit == 1 else None
+        if keep is None:
+            keep = select_detections(boxes, scores, threshold, self.output_spec)
         results = []
         for i, (img, idx) in enumerate(zip(images, keep, strict=True)):
             img_h, img_w = img.shape[-2:]
@@ -137,3 +139,26 @@ class SSDFaceDetector:
             big = torch.minimum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) >= min_side
             results.append(Detections(b[big][:limit].contiguous(), s[big][:limit].contiguous()))
         return results
+
+    def _best(
+        self,
+        boxes: torch.Tensor,
+        scores: torch.Tensor,
+        threshold: float,
+        min_side: float,
+        images: list[torch.Tensor],
+    ) -> list[torch.Tensor] | None:
+        """The one face per image that ``select_detections`` then ``[:1]`` would keep, without NMS
+        (the streams' region passes ask for one face per region): the best score always survives
+        greedy NMS, and ties go to the lowest prior index in both. None when a best box is below
+        ``min_side`` (NMS may have suppressed the box that would replace it): the caller runs NMS."""
+        floor = max(threshold, self.output_spec.confidence_threshold)
+        best = scores.argmax(-1)  # the first of equal maxima, as the stable sort orders them
+        rows = torch.arange(len(best), device=scores.device)
+        sizes = torch.tensor([[img.shape[-1], img.shape[-2]] * 2 for img in images], device=boxes.device)
+        b = torch.minimum((boxes[rows, best] * sizes).clamp(min=0), sizes)
+        side = torch.minimum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
+        found = scores[rows, best] > floor
+        if bool((found & (side < min_side)).any()):
+            return None
+        return [best[i : i + 1] if bool(found[i]) else best[:0] for i in range(len(best))]
