@@ -112,6 +112,10 @@ class Nginx:
         return out
 
 
+#: After the kill, before "answered after the kill" is counted (see ``_experiment``).
+SETTLE_S = 0.25
+
+
 @dataclass
 class RestLog:
     """(seconds since start, latency s, HTTP status or 0 for a transport error / timeout)."""
@@ -245,15 +249,19 @@ def _experiment(
     on_victim, on_survivor = max(on), min(on)
     t_kill = time.monotonic() - t0
     victim.kill()
-    time.sleep(after)
+    # Requests the victim finished just before it died can reach nginx's log a moment later: count
+    # "answered after the kill" from a moment after it, so that only the survivor can be in it.
+    time.sleep(SETTLE_S)
+    settled = len(proxy.upstreams("/v1/predict"))
+    time.sleep(max(0.0, after - SETTLE_S))
     stop.set()
     deadline = time.monotonic() + 25.0  # a request times out after 10 s, a stream retries for 20 s
     for t in threads:
         t.join(max(0.0, deadline - time.monotonic()))
     hung = sum(t.is_alive() for t in threads)
-    # Where each request logged since the kill was answered: the last upstream nginx tried.
+    # Where each request logged since the kill settled was answered: the last upstream nginx tried.
     answered_by = Counter(
-        addr.get(up.split(",")[-1].strip(), up) for _, up, _ in proxy.upstreams("/v1/predict")[len(logged) :]
+        addr.get(up.split(",")[-1].strip(), up) for _, up, _ in proxy.upstreams("/v1/predict")[settled:]
     )
     before = [c for c in rest.calls if c[0] < t_kill]
     later = [c for c in rest.calls if c[0] >= t_kill]

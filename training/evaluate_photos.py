@@ -65,13 +65,14 @@ def list_photos(root: str | Path, limit: int = 0, seed: int = 0) -> list[Photo]:
 def build_server_pipeline(
     checkpoint: str | Path, device: str, crop: CropSpec | None = None, detector_layout: str | None = None
 ) -> tuple[Pipeline, Settings]:
-    """The pipeline exactly as ``emotion-server`` builds it (its Settings and defaults, including
+    """The pipeline exactly as ``emotion-server`` builds it (through the same
+    :class:`~emotion_service.EmotionAnalyzer`, from Settings and their defaults, including
     ``EMOTION_*`` variables), optionally with another crop framing than the checkpoint's, or
     (for before/after measurements, bench/phantoms.py) another SSD head layout."""
-    from server.pipeline.runner import build_pipeline
+    from emotion_service.analyzer import EmotionAnalyzer
 
     cfg = Settings(checkpoint=Path(checkpoint), device=device)
-    pipeline = build_pipeline(cfg, device)
+    pipeline = EmotionAnalyzer.from_settings(cfg).pipeline
     if crop is not None:
         pipeline.classifier.meta.crop = crop
     if detector_layout is not None:
