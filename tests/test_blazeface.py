@@ -180,3 +180,22 @@ def test_server_pipeline_proposes_with_blazeface_and_frames_with_the_ssd(
     options = default_options(settings)
     jobs = [Job(DecodedImage(chw(img), 0.0), options) for img in (astronaut, row)]
     assert [len(r.faces) for r in pipe.run(jobs)] == [1, 3]
+
+
+def test_unconfirmed_proposals_keep_their_own_box() -> None:
+    """A proposal the region SSD does not confirm stays, with BlazeFace's box; confirmed ones are
+    the SSD's; best first, at most ``max_faces``."""
+    from server.pipeline.roi import _with_unconfirmed
+    from server.pipeline.types import Detections
+
+    proposals = Detections(torch.tensor([[10.0, 10, 60, 70], [200, 50, 240, 100]]), torch.tensor([0.9, 0.8]))
+    refined = Detections(torch.tensor([[12.0, 8, 62, 72]]), torch.tensor([0.99]))
+    out = _with_unconfirmed(refined, proposals, None)
+    assert out.boxes.tolist() == [[12.0, 8, 62, 72], [200, 50, 240, 100]]
+    assert out.scores[1] == proposals.scores[1]
+    assert len(_with_unconfirmed(refined, proposals, 1)) == 1
+    none = Detections(torch.zeros((0, 4)), torch.zeros(0))
+    assert torch.equal(_with_unconfirmed(none, proposals, None).boxes, proposals.boxes)
+    assert torch.equal(
+        _with_unconfirmed(refined, Detections(refined.boxes, refined.scores), None).boxes, refined.boxes
+    )

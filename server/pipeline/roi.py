@@ -144,7 +144,9 @@ class ProposedRegions:
     ~9-11 ms, and finds more of the small ones; but the classifier was trained on crops of the
     SSD's boxes, and BlazeFace's boxes, even mapped to the SSD's framing, cost ~1.5 points on
     real photos (docs/benchmarks.md). The region pass gives the SSD's framing at a tenth of its
-    pixels, and drops a proposal the SSD does not confirm.
+    pixels. A proposal it does not confirm keeps BlazeFace's box (in the SSD's framing): the
+    region SSD misses some faces that BlazeFace finds (2-4% of 100-120 px faces in a 640x480
+    frame, ``bench/smallest_face.py``), and dropping them cost recall without changing accuracy.
     """
 
     def __init__(self, proposer: FaceDetector, refiner: RegionDetector) -> None:
@@ -169,7 +171,22 @@ class ProposedRegions:
         crowded = any(reaches_another_face(r, proposals[i].boxes) for i, r in zip(at, regions, strict=True))
         near = [proposals[i].boxes for i in at] if crowded else None
         refined = self.refiner.detect([images[i] for i in at], regions, min_confidence, max_faces, near=near)
-        return _placed(out, at, refined)
+        merged = [_with_unconfirmed(r, proposals[i], max_faces) for i, r in zip(at, refined, strict=True)]
+        return _placed(out, at, merged)
+
+
+def _with_unconfirmed(refined: Detections, proposals: Detections, max_faces: int | None) -> Detections:
+    """``refined`` plus the proposals no refined box matches (IoU < :data:`MATCH_IOU`), best first."""
+    if len(refined):
+        alone = box_iou(proposals.boxes.float(), refined.boxes.float()).max(1).values < MATCH_IOU
+    else:
+        alone = torch.ones(len(proposals), dtype=torch.bool)
+    if not bool(alone.any()):
+        return refined
+    boxes = torch.cat([refined.boxes.float(), proposals.boxes[alone].float()])
+    scores = torch.cat([refined.scores.float(), proposals.scores[alone].float()])
+    order = scores.argsort(descending=True, stable=True)[:max_faces]
+    return Detections(boxes[order].contiguous(), scores[order].contiguous())
 
 
 def _placed(out: list[Detections], at: list[int], found: list[Detections]) -> list[Detections]:
