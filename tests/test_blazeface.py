@@ -199,3 +199,32 @@ def test_unconfirmed_proposals_keep_their_own_box() -> None:
     assert torch.equal(
         _with_unconfirmed(refined, Detections(refined.boxes, refined.scores), None).boxes, refined.boxes
     )
+
+
+def test_live_server_with_blazeface(tiny_checkpoint: Path, astronaut: np.ndarray) -> None:
+    """A real server on loopback with ``EMOTION_DETECTOR=blazeface``: REST finds the faces of a
+    three-face scene and a ~48 px face in a webcam-sized frame, none in a face-less one, and says
+    which detector answered."""
+    import httpx
+    from server_harness import LiveServer, face_tile, faces_canvas, jpeg, server_settings
+
+    from shared.protocol import PredictResponse
+
+    with LiveServer(server_settings(tiny_checkpoint, detector="blazeface", backend="openvino")) as srv:
+        info = httpx.get(srv.url + "/v1/info").json()
+        assert info["detector"]["kind"] == "blazeface" and info["backend"] == "openvino"
+
+        def faces(img: np.ndarray) -> list[tuple[int, int, int, int]]:
+            resp = httpx.post(
+                srv.url + "/v1/predict", content=jpeg(img), headers={"content-type": "image/jpeg"}, timeout=30
+            )
+            assert resp.status_code == 200, resp.text
+            reply = PredictResponse.model_validate_json(resp.content)
+            return [(f.box.x, f.box.y, f.box.x + f.box.w, f.box.y + f.box.h) for f in reply.faces]
+
+        assert len(faces(faces_canvas(astronaut))) == 3
+        frame = np.full((480, 640, 3), 120, np.uint8)
+        frame[300:396, 450:546] = face_tile(astronaut, 96)  # the face is about half the tile
+        found = faces(frame)
+        assert len(found) == 1 and found[0][0] >= 440 and found[0][2] <= 556
+        assert faces(np.full((480, 640, 3), 90, np.uint8)) == []
