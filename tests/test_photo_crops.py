@@ -104,3 +104,22 @@ def test_extra_train_joins_training_and_is_scored(crops: Path, tmp_path: Path) -
     row = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
     assert 0.0 <= row["val_acc_extra_raw"] <= 1.0
     assert row["val_acc_extra_raw"] == row["val_acc_raw"]  # same public split both ways here
+
+
+def test_one_crop_per_detector(photos: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """``--detectors ssd,blazeface``: each photo cropped by each detector (the framings the server can
+    give the classifier), the same people split, each held-out photo linked once."""
+    pytest.importorskip("openvino")
+    from training.photo_crops import main
+
+    main(["--data", str(photos), "--out", str(tmp_path), "--checkpoint", str(tiny_checkpoint),
+          "--salt", "t", "--detectors", "ssd,blazeface"])  # fmt: skip
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert set(manifest["detectors"]) == {"ssd", "blazeface"} and manifest["persons_in_both"] == 0
+    crops = sorted(p.name for p in tmp_path.glob("crops/*/*/*.png"))
+    for tag in ("ssd", "blazeface"):
+        mine = [c for c in crops if c.split("_", 1)[1].startswith(f"{tag}-")]
+        assert len(mine) == 12, (tag, mine)  # the 12 face photos of model classes
+    links = list(tmp_path.glob("heldout/*/*.jpg"))
+    assert len(links) == sum(v for k, v in manifest["counts"].items() if k.startswith("heldout_photos/"))
+    assert len(links) == len({link.name for link in links})

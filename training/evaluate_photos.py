@@ -63,15 +63,21 @@ def list_photos(root: str | Path, limit: int = 0, seed: int = 0) -> list[Photo]:
 
 
 def build_server_pipeline(
-    checkpoint: str | Path, device: str, crop: CropSpec | None = None, detector_layout: str | None = None
+    checkpoint: str | Path,
+    device: str,
+    crop: CropSpec | None = None,
+    detector_layout: str | None = None,
+    detector: str | None = None,
 ) -> tuple[Pipeline, Settings]:
     """The pipeline exactly as ``emotion-server`` builds it (through the same
     :class:`~emotion_service.EmotionAnalyzer`, from Settings and their defaults, including
-    ``EMOTION_*`` variables), optionally with another crop framing than the checkpoint's, or
-    (for before/after measurements, bench/phantoms.py) another SSD head layout."""
+    ``EMOTION_*`` variables), optionally with another detector (``EMOTION_DETECTOR``'s
+    values), another crop framing than the checkpoint's, or (for before/after measurements,
+    bench/phantoms.py) another SSD head layout."""
     from emotion_service.analyzer import EmotionAnalyzer
 
-    cfg = Settings(checkpoint=Path(checkpoint), device=device)
+    chosen: dict[str, Any] = {"detector": detector} if detector is not None else {}
+    cfg = Settings(checkpoint=Path(checkpoint), device=device, **chosen)
     pipeline = EmotionAnalyzer.from_settings(cfg).pipeline
     if crop is not None:
         pipeline.classifier.meta.crop = crop

@@ -8,7 +8,8 @@ otherwise score the model on a face it has memorised).
 
 ``python -m training.photo_crops --data PHOTOS --out DIR`` writes
 
-* ``DIR/crops/train/<class>/Training_<photo>.png``: crops of the training people;
+* ``DIR/crops/train/<class>/Training_<photo>.png``: crops of the training people
+  (``Training_<detector>-<photo>.png`` with ``--detectors ssd,blazeface``: one per detector);
 * ``DIR/crops/test/<class>/PublicTest_<photo>.png``: crops of the held-out people, which
   :func:`training.data.load_dataset` reads as a ``public`` (validation) split
   (``emotion-train --extra-train DIR/crops``);
@@ -30,14 +31,18 @@ import json
 import os
 import re
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from server.config import Settings
 from server.model.checkpoint import CropSpec
 from server.pipeline.crop import crop_faces
+from server.pipeline.detect.options import detector_input
+from server.pipeline.runner import Pipeline
 from training.evaluate_photos import Photo, build_server_pipeline, decoded_batches, list_photos
 
 _TRAILING_NUMBER = re.compile(r"_\d+$")
@@ -64,49 +69,32 @@ def make_crops(
     crop: CropSpec | None = None,
     device: str = "cpu",
     batch_size: int = 16,
+    detectors: Sequence[str] = (),
 ) -> dict[str, object]:
     """Write the crops, links and manifest described in the module docstring; returns the manifest.
 
     The crop is the server's: its detector and settings (``EMOTION_*`` variables apply), the
     first face in its order, ``crop`` framing (the checkpoint's when None) at ``size`` pixels.
+    With ``detectors`` (``EMOTION_DETECTOR`` values), one crop per photo and detector, named
+    ``<detector>-...``: a classifier trained on them sees every framing the server can give it.
     Photos without a face, or of a class the model does not know, are counted and skipped.
     """
-    from tqdm import tqdm
-
-    from server.api.options import default_options
-    from server.pipeline.runner import Job
-
     out = Path(out)
-    pipeline, cfg = build_server_pipeline(checkpoint, device)
-    spec = crop or pipeline.classifier.meta.crop
-    options = default_options(cfg)  # what POST /v1/predict uses when a request sets no limits
     photos = [p for p in list_photos(data) if p.label is not None]
     counts: Counter[str] = Counter()
     persons: dict[str, set[str]] = {"train": set(), "heldout": set()}
-    bar = tqdm(total=len(photos), unit="photo", desc="crops")
-    for batch in decoded_batches(photos, batch_size, cfg.max_pixels, threads=2):
-        bar.update(len(batch))
-        good = [(p, img) for p, img in batch if img is not None]
-        counts["undecodable"] += len(batch) - len(good)
-        results = pipeline.run([Job(img, options) for _, img in good]) if good else []
-        for (photo, img), result in zip(good, results, strict=True):
-            person = person_of(photo.path)
-            heldout = is_heldout(person, heldout_fraction, salt)
-            side = "heldout" if heldout else "train"
-            persons[side].add(person)
-            if heldout:  # every held-out photo, face found or not: the evaluation counts a miss wrong
-                _link_heldout(out, photo)
-                counts[f"heldout_photos/{photo.label}"] += 1
-            if not result.faces:
-                counts["no_face"] += 1
-                continue
-            sx, sy = img.scale  # the face box is in the photo's pixels, the tensor may be reduced
-            x1, y1, x2, y2 = result.faces[0].box
-            box = torch.tensor([[x1 / sx, y1 / sy, x2 / sx, y2 / sy]])
-            face = crop_faces([img.tensor], [box], spec, size)[0, 0]
-            _write_crop(out, photo, face.round().clamp(0, 255).to(torch.uint8).numpy(), heldout)
-            counts[f"{side}/{photo.label}"] += 1
-    bar.close()
+    names: dict[str, object] = {}
+    runs: list[str | None] = [*detectors] or [None]
+    for detector in runs:
+        pipeline, cfg = build_server_pipeline(checkpoint, device, detector=detector)
+        spec = crop or pipeline.classifier.meta.crop
+        prefix = f"{detector}-" if detectors else ""
+        split = (heldout_fraction, salt)
+        _crop_all(pipeline, cfg, photos, out, spec, size, batch_size, prefix, split, counts, persons)
+        names[prefix.rstrip("-") or "server"] = {
+            "name": pipeline.detector.name,
+            "input_size": detector_input(pipeline.detector.name, cfg.detector_input_size),
+        }
     manifest: dict[str, object] = {
         "data": str(data),
         "checkpoint": str(checkpoint),
@@ -117,25 +105,75 @@ def make_crops(
         "persons": {k: len(v) for k, v in persons.items()},
         "persons_in_both": len(persons["train"] & persons["heldout"]),
         "counts": dict(sorted(counts.items())),
-        "detector": {"name": pipeline.detector.name, "input_size": list(cfg.detector_input_size)},
+        "detectors": names,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
 
 
-def _write_crop(out: Path, photo: Photo, face: np.ndarray, heldout: bool) -> None:
+def _crop_all(
+    pipeline: Pipeline,
+    cfg: Settings,
+    photos: Sequence[Photo],
+    out: Path,
+    spec: CropSpec,
+    size: int,
+    batch_size: int,
+    prefix: str,
+    split: tuple[float, str],
+    counts: Counter[str],
+    persons: dict[str, set[str]],
+) -> None:
+    """One detector's crops of every photo (and the held-out links), counted into ``counts``."""
+    from tqdm import tqdm
+
+    from server.api.options import default_options
+    from server.pipeline.runner import Job
+
+    options = default_options(cfg)  # what POST /v1/predict uses when a request sets no limits
+    tag = prefix.rstrip("-")
+    bar = tqdm(total=len(photos), unit="photo", desc=f"crops {tag}".strip())
+    for batch in decoded_batches(photos, batch_size, cfg.max_pixels, threads=2):
+        bar.update(len(batch))
+        good = [(p, img) for p, img in batch if img is not None]
+        counts["undecodable"] += len(batch) - len(good)
+        results = pipeline.run([Job(img, options) for _, img in good]) if good else []
+        for (photo, img), result in zip(good, results, strict=True):
+            person = person_of(photo.path)
+            heldout = is_heldout(person, *split)
+            side = "heldout" if heldout else "train"
+            persons[side].add(person)
+            if heldout and not _link_heldout(out, photo):
+                # every held-out photo, face found or not: the evaluation counts a miss wrong
+                counts[f"heldout_photos/{photo.label}"] += 1
+            if not result.faces:
+                counts[f"{prefix}no_face"] += 1
+                continue
+            sx, sy = img.scale  # the face box is in the photo's pixels, the tensor may be reduced
+            x1, y1, x2, y2 = result.faces[0].box
+            box = torch.tensor([[x1 / sx, y1 / sy, x2 / sx, y2 / sy]])
+            face = crop_faces([img.tensor], [box], spec, size)[0, 0]
+            _write_crop(out, photo, face.round().clamp(0, 255).to(torch.uint8).numpy(), heldout, prefix)
+            counts[f"{prefix}{side}/{photo.label}"] += 1
+    bar.close()
+
+
+def _write_crop(out: Path, photo: Photo, face: np.ndarray, heldout: bool, tag: str = "") -> None:
     folder, prefix = ("test", "PublicTest_") if heldout else ("train", "Training_")
-    target = out / "crops" / folder / str(photo.label) / f"{prefix}{photo.path.stem}.png"
+    target = out / "crops" / folder / str(photo.label) / f"{prefix}{tag}{photo.path.stem}.png"
     target.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(face, mode="L").save(target)
 
 
-def _link_heldout(out: Path, photo: Photo) -> None:
-    """The original photo, for the whole-pipeline evaluation of held-out people."""
+def _link_heldout(out: Path, photo: Photo) -> bool:
+    """The original photo, for the whole-pipeline evaluation of held-out people; whether it was
+    linked already (by another detector's pass)."""
     link = out / "heldout" / photo.folder / photo.path.name
     link.parent.mkdir(parents=True, exist_ok=True)
-    if not link.exists():
-        os.symlink(photo.path.resolve(), link)
+    if link.is_symlink():
+        return True
+    os.symlink(photo.path.resolve(), link)
+    return False
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -147,9 +185,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--salt", default="", help="changes which people are held out")
     p.add_argument("--size", type=int, default=48, help="crop side in pixels (the model's input size)")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--detectors",
+        default="",
+        help="comma-separated EMOTION_DETECTOR values, one crop per photo and detector "
+        "(e.g. ssd,blazeface); default: the server's detector",
+    )
     args = p.parse_args(argv)
+    detectors = [d for d in args.detectors.split(",") if d]
     manifest = make_crops(
-        args.data, args.out, args.checkpoint, args.heldout_fraction, args.salt, args.size, device=args.device
+        args.data,
+        args.out,
+        args.checkpoint,
+        args.heldout_fraction,
+        args.salt,
+        args.size,
+        device=args.device,
+        detectors=detectors,
     )
     print(json.dumps(manifest, indent=2))
 
