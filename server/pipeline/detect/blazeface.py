@@ -122,8 +122,6 @@ class _Network:
 class BlazeFaceDetector:
     """BlazeFace short-range + back-camera models under OpenVINO, CPU only.
 
-    ``ranges`` picks the networks: both for whole images; ``("short",)`` for the stream's region
-    passes (:mod:`server.pipeline.roi`), where the face fills ~40% of the region.
     ``options.input_size`` is unused (the networks' inputs are fixed, see :data:`RANGES`).
     """
 
@@ -133,7 +131,6 @@ class BlazeFaceDetector:
         self,
         options: DetectorOptions | None = None,
         device: str | torch.device = "cpu",
-        ranges: tuple[str, ...] = ("short", "long"),
         threads: int | None = None,
         precision: str = "auto",
     ) -> None:
@@ -143,12 +140,8 @@ class BlazeFaceDetector:
             import openvino as ov
         except ImportError as exc:
             raise ValueError("the blazeface detector needs openvino (pip install openvino)") from exc
-        unknown = set(ranges) - set(RANGES)
-        if unknown or not ranges:
-            raise ValueError(f"ranges must be some of {tuple(RANGES)}, got {ranges}")
         self.options = options or DetectorOptions()
         self.device = torch.device("cpu")
-        self.ranges = tuple(ranges)
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
@@ -157,7 +150,7 @@ class BlazeFaceDetector:
         core = ov.Core()
         self.networks = {
             name: [_Network(core, RANGES[name], shape, config) for shape in RANGES[name].shapes]
-            for name in self.ranges
+            for name in RANGES
         }
 
     def _run(
@@ -194,25 +187,21 @@ class BlazeFaceDetector:
         the image, best first: at most ``limit`` faces with both sides >= ``min_side``."""
         h, w = rgb.shape[:2]
         longer = float(max(rgb.shape[:2]))
-        parts: list[tuple[np.ndarray, np.ndarray]] = []
-        short = np.zeros((0, 4), np.float32)
-        if "short" in self.networks:
-            boxes, scores = self._run("short", rgb, threshold)
-            if not len(boxes):
-                # A face cut by the image's edges or filling all of it (tight portraits, a face
-                # close to the webcam) is outside what the short-range model was trained on; seen
-                # from further back it is found. ~1 ms, only for images without a large face.
-                boxes, scores = self._run("short", rgb, threshold, zoom=ZOOM_OUT)
-            if "long" in self.networks:  # alone (region passes), it keeps every size
-                big = boxes[:, 2] - boxes[:, 0] >= SHORT_MIN * longer
-                boxes, scores = boxes[big], scores[big]
-            short = boxes
-            parts.append((to_ssd_framing(boxes, FRAMING["short"]), scores))
-        if "long" in self.networks:
-            boxes, scores = self._run("long", rgb, threshold)
-            small = boxes[:, 2] - boxes[:, 0] < LONG_MAX * longer
-            small &= _inside_share(boxes, short) < 0.3  # not a fragment of a short-range face
-            parts.append((to_ssd_framing(boxes[small], FRAMING["long"]), scores[small]))
+        short, short_scores = self._run("short", rgb, threshold)
+        if not len(short):
+            # A face cut by the image's edges or filling all of it (tight portraits, a face
+            # close to the webcam) is outside what the short-range model was trained on; seen
+            # from further back it is found. ~1 ms, only for images without a large face.
+            short, short_scores = self._run("short", rgb, threshold, zoom=ZOOM_OUT)
+        big = short[:, 2] - short[:, 0] >= SHORT_MIN * longer
+        short, short_scores = short[big], short_scores[big]
+        long, long_scores = self._run("long", rgb, threshold)
+        small = long[:, 2] - long[:, 0] < LONG_MAX * longer
+        small &= _inside_share(long, short) < 0.3  # not a fragment of a short-range face
+        parts = [
+            (to_ssd_framing(short, FRAMING["short"]), short_scores),
+            (to_ssd_framing(long[small], FRAMING["long"]), long_scores[small]),
+        ]
         boxes = np.clip(np.concatenate([p[0] for p in parts]), 0, np.array([w, h, w, h], np.float32))
         scores = np.concatenate([p[1] for p in parts])
         big = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= min_side
