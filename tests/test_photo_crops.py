@@ -34,7 +34,8 @@ def test_split_is_per_person_deterministic_and_near_the_fraction() -> None:
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory, astronaut: np.ndarray) -> Path:
-    """Six people with two photos each (happiness, neutral), one face-less photo, one contempt photo."""
+    """Six people with two photos each (happiness, neutral), one face-less photo, one contempt photo,
+    one file that is no JPEG."""
     root = tmp_path_factory.mktemp("photos")
     for i in range(6):
         for k, cls in enumerate(("happiness", "neutral")):
@@ -43,6 +44,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory, astronaut: np.ndarray) -> P
             path.write_bytes(jpeg(face_tile(astronaut, 200 + 40 * i + 10 * k)))
     (root / "sadness").mkdir()
     (root / "sadness" / "Nobody_0001.jpg").write_bytes(jpeg(np.full((300, 300, 3), 90, np.uint8)))
+    (root / "happiness" / "Broken_0001.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     (root / "contempt").mkdir()
     (root / "contempt" / "Person_0_0003.jpg").write_bytes(jpeg(face_tile(astronaut, 250)))
     return root
@@ -59,6 +61,7 @@ def test_crops_keep_each_person_on_one_side(crops: Path, photos: Path) -> None:
     manifest = json.loads((crops / "manifest.json").read_text())
     assert manifest["persons_in_both"] == 0
     assert manifest["counts"]["no_face"] == 1  # the grey photo; contempt is no model class: not listed
+    assert manifest["counts"]["undecodable"] == 1
     sides = {
         person_of(Path(p.name.split("_", 1)[1])): p.parent.parent.name for p in crops.glob("crops/*/*/*.png")
     }
@@ -123,3 +126,15 @@ def test_one_crop_per_detector(photos: Path, tiny_checkpoint: Path, tmp_path: Pa
     links = list(tmp_path.glob("heldout/*/*.jpg"))
     assert len(links) == sum(v for k, v in manifest["counts"].items() if k.startswith("heldout_photos/"))
     assert len(links) == len({link.name for link in links})
+    assert manifest["counts"]["undecodable"] == 1  # counted per photo, not per detector pass
+
+
+def test_rerun_into_the_same_folder_counts_the_same(crops: Path, photos: Path, tiny_checkpoint: Path) -> None:
+    """The held-out links survive a re-run; the manifest still counts every held-out photo (and
+    with two detectors each photo once: see ``test_one_crop_per_detector``)."""
+    before = json.loads((crops / "manifest.json").read_text())["counts"]
+    again = make_crops(photos, crops, tiny_checkpoint, heldout_fraction=0.5, salt="t")["counts"]
+    assert again == before
+    assert sum(v for k, v in again.items() if k.startswith("heldout_photos/")) == len(
+        list(crops.glob("heldout/*/*.jpg"))
+    )

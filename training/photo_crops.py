@@ -85,12 +85,13 @@ def make_crops(
     persons: dict[str, set[str]] = {"train": set(), "heldout": set()}
     names: dict[str, object] = {}
     runs: list[str | None] = [*detectors] or [None]
-    for detector in runs:
+    for n, detector in enumerate(runs):
         pipeline, cfg = build_server_pipeline(checkpoint, device, detector=detector)
         spec = crop or pipeline.classifier.meta.crop
         prefix = f"{detector}-" if detectors else ""
         split = (heldout_fraction, salt)
-        _crop_all(pipeline, cfg, photos, out, spec, size, batch_size, prefix, split, counts, persons)
+        first = n == 0  # photos are counted (undecodable, held out) in the first pass only
+        _crop_all(pipeline, cfg, photos, out, spec, size, batch_size, prefix, split, counts, persons, first)
         names[prefix.rstrip("-") or "server"] = {
             "name": pipeline.detector.name,
             "input_size": detector_input(pipeline.detector.name, cfg.detector_input_size),
@@ -123,8 +124,10 @@ def _crop_all(
     split: tuple[float, str],
     counts: Counter[str],
     persons: dict[str, set[str]],
+    first: bool = True,
 ) -> None:
-    """One detector's crops of every photo (and the held-out links), counted into ``counts``."""
+    """One detector's crops of every photo (and the held-out links), counted into ``counts``;
+    ``first`` also counts the photos themselves, once however many detectors pass over them."""
     from tqdm import tqdm
 
     from server.api.options import default_options
@@ -136,16 +139,19 @@ def _crop_all(
     for batch in decoded_batches(photos, batch_size, cfg.max_pixels, threads=2):
         bar.update(len(batch))
         good = [(p, img) for p, img in batch if img is not None]
-        counts["undecodable"] += len(batch) - len(good)
+        if first:
+            counts["undecodable"] += len(batch) - len(good)
         results = pipeline.run([Job(img, options) for _, img in good]) if good else []
         for (photo, img), result in zip(good, results, strict=True):
             person = person_of(photo.path)
             heldout = is_heldout(person, *split)
             side = "heldout" if heldout else "train"
             persons[side].add(person)
-            if heldout and not _link_heldout(out, photo):
+            if heldout:
                 # every held-out photo, face found or not: the evaluation counts a miss wrong
-                counts[f"heldout_photos/{photo.label}"] += 1
+                _link_heldout(out, photo)
+                if first:
+                    counts[f"heldout_photos/{photo.label}"] += 1
             if not result.faces:
                 counts[f"{prefix}no_face"] += 1
                 continue
@@ -165,15 +171,13 @@ def _write_crop(out: Path, photo: Photo, face: np.ndarray, heldout: bool, tag: s
     Image.fromarray(face, mode="L").save(target)
 
 
-def _link_heldout(out: Path, photo: Photo) -> bool:
-    """The original photo, for the whole-pipeline evaluation of held-out people; whether it was
-    linked already (by another detector's pass)."""
+def _link_heldout(out: Path, photo: Photo) -> None:
+    """The original photo, for the whole-pipeline evaluation of held-out people (once: another
+    detector's pass, or an earlier run into the same folder, may have linked it)."""
     link = out / "heldout" / photo.folder / photo.path.name
     link.parent.mkdir(parents=True, exist_ok=True)
-    if link.is_symlink():
-        return True
-    os.symlink(photo.path.resolve(), link)
-    return False
+    if not link.is_symlink():
+        os.symlink(photo.path.resolve(), link)
 
 
 def main(argv: list[str] | None = None) -> None:
