@@ -237,15 +237,24 @@ def to_ssd_framing(boxes: np.ndarray, framing: tuple[float, float, float, float]
     return np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], 1).astype(np.float32)
 
 
+def _areas(boxes: np.ndarray) -> np.ndarray:
+    areas: np.ndarray = np.clip((boxes[:, 2:] - boxes[:, :2]).prod(-1), 1e-6, None)
+    return areas
+
+
+def _intersections(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """The intersection area of each box (rows) with each of ``others`` (columns), xyxy."""
+    lo = np.maximum(boxes[:, None, :2], others[None, :, :2])
+    hi = np.minimum(boxes[:, None, 2:], others[None, :, 2:])
+    inter: np.ndarray = np.clip(hi - lo, 0, None).prod(-1)
+    return inter
+
+
 def _inside_share(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
     """Per box, the largest share of its area that lies inside one of ``others`` (0 if none)."""
     if not len(boxes) or not len(others):
         return np.zeros(len(boxes), np.float32)
-    lo = np.maximum(boxes[:, None, :2], others[None, :, :2])
-    hi = np.minimum(boxes[:, None, 2:], others[None, :, 2:])
-    inter = np.clip(hi - lo, 0, None).prod(-1)
-    area = np.clip((boxes[:, 2:] - boxes[:, :2]).prod(-1), 1e-6, None)
-    share: np.ndarray = (inter / area[:, None]).max(1)
+    share: np.ndarray = (_intersections(boxes, others) / _areas(boxes)[:, None]).max(1)
     return share
 
 
@@ -260,12 +269,10 @@ def _greedy(boxes: np.ndarray, iou_max: float, inside_max: float | None, limit: 
             break
         if kept:
             better = boxes[kept]
-            lo = np.maximum(boxes[i, :2], better[:, :2])
-            hi = np.minimum(boxes[i, 2:], better[:, 2:])
-            inter = np.clip(hi - lo, 0, None).prod(-1)
-            area = max(float((boxes[i, 2:] - boxes[i, :2]).prod()), 1e-6)
-            union = area + (better[:, 2:] - better[:, :2]).prod(-1) - inter
-            if (inter / np.clip(union, 1e-6, None)).max() > iou_max:
+            inter = _intersections(boxes[i : i + 1], better)[0]
+            area = float(_areas(boxes[i : i + 1])[0])
+            union = area + _areas(better) - inter
+            if (inter / union).max() > iou_max:
                 continue
             if inside_max is not None and inter.max() / area > inside_max:
                 continue
