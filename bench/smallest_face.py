@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from server.config import Settings  # noqa: E402
-from server.pipeline.backend import compile_module, resolve_backend  # noqa: E402
-from server.pipeline.detect import DetectorOptions, SSDFaceDetector, build_detector  # noqa: E402
+from server.pipeline.backend import Precision, compile_module, resolve_backend  # noqa: E402
+from server.pipeline.detect import SSD_INT8, DetectorOptions, SSDFaceDetector, build_detector  # noqa: E402
 from server.pipeline.types import FaceDetector  # noqa: E402
 
 SECTION = "## Smallest face found"
@@ -42,8 +42,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--sizes",
-        default="300x300,400x300,320x240,240x180,blazeface",
-        help="SSD inputs WxH, and blazeface (EMOTION_DETECTOR=blazeface)",
+        default="300x300,300x300:float,400x300,320x240,240x180,blazeface",
+        help="SSD inputs WxH (the server's build: int8 where it ships one; WxH:float without int8), "
+        "and blazeface (EMOTION_DETECTOR=blazeface)",
     )
     p.add_argument("--widths", default="24,32,40,48,56,64,80,100,120", help="face widths in pixels")
     p.add_argument("--faces", type=int, default=80, help="photos used (each at every width)")
@@ -105,26 +106,32 @@ def scenes(
     return out
 
 
-def detector_at(size: tuple[int, ...] | str, threshold: float, backend: str) -> FaceDetector:
-    """The SSD at input ``size``, or ``"blazeface"``: the server's BlazeFace proposals confirmed
-    by the region SSD (``EMOTION_DETECTOR=blazeface``), as the server builds them."""
-    if size == "blazeface":
+def detector_at(spec: str, threshold: float, backend: str) -> FaceDetector:
+    """The SSD at input ``WxH`` (``WxH:float``: without its int8 build), or ``"blazeface"``: the
+    server's BlazeFace proposals confirmed by the region SSD (``EMOTION_DETECTOR=blazeface``), as
+    the server builds them."""
+    if spec == "blazeface":
         from server.pipeline.runner import build_pipeline
 
         settings = Settings(detector="blazeface", score_threshold=threshold, min_face_size=1)
         return build_pipeline(settings, "cpu").detector
-    assert isinstance(size, tuple)
-    det = build_detector("ssd", DetectorOptions(score_threshold=threshold, min_face_size=1, input_size=size))
+    dims, _, precision = spec.partition(":")
+    width, height = (int(v) for v in dims.split("x"))
+    options = DetectorOptions(score_threshold=threshold, min_face_size=1, input_size=(width, height))
+    det = build_detector("ssd", options)
     assert isinstance(det, SSDFaceDetector)
-    example = det.preprocess([torch.zeros((3, size[1], size[0]), dtype=torch.uint8)])
-    det.model = compile_module(det.model, example, backend, cache_dir=Settings().cache_dir)
+    example = det.preprocess([torch.zeros((3, height, width), dtype=torch.uint8)])
+    mode: Precision = "float" if precision == "float" else "auto"
+    det.model = compile_module(
+        det.model, example, backend, precision=mode, cache_dir=Settings().cache_dir, int8=SSD_INT8
+    )
     return det
 
 
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     widths = [int(w) for w in args.widths.split(",")]
-    sizes = [s if s == "blazeface" else tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    sizes = args.sizes.split(",")
     faces, source = photos(args.data, args.faces)
     reference = build_detector("ssd", DetectorOptions(score_threshold=args.threshold, min_face_size=1))
     assert isinstance(reference, SSDFaceDetector)
@@ -141,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
                 found += int(len(d) > 0 and bool((iou(d.boxes, box) >= 0.4).any()))
             rates.append(found / max(len(frames[w]), 1))
         smallest = next((w for w, r in zip(widths, rates, strict=True) if r >= 0.5), None)
-        rows.append((size if isinstance(size, str) else f"{size[0]}x{size[1]}", rates, smallest))
+        precision = getattr(getattr(det, "model", None), "precision", "")
+        rows.append((f"{size} ({precision})" if precision else size, rates, smallest))
         print(f"{size}: " + "  ".join(f"{w}px {r:.0%}" for w, r in zip(widths, rates, strict=True)))
     head = (
         "| detector input | " + " | ".join(f"{w} px" for w in widths) + " | smallest width found in >= 50% |"

@@ -1,8 +1,9 @@
 """The SSD network (300x300, batch 1) under OpenVINO options and, with ``--int8``, quantized to int8.
 
 What was tried for the detector's network time on the CPU, side by side in one process, options
-alternating call by call (medians): the server's configuration (dynamic batch, ``LATENCY`` hint,
-bf16 where the CPU has it), a static batch-1 shape, CPU pinning on and off, denormals
+alternating call by call (medians): the float build as the server compiles it (dynamic batch,
+``LATENCY`` hint, bf16 where the CPU has it), the shipped int8 build (the server's default,
+``server/checkpoints/ssd-int8``), a static batch-1 shape, CPU pinning on and off, denormals
 optimisation, explicit 1 and 2 threads, f32. With ``--int8`` (needs ``pip install nncf``, which
 the server does not depend on) also an NNCF post-training int8 model, calibrated on 300
 realfaces-dev photos pasted into 640x480 frames, and the share of faces found by width for it and
@@ -32,12 +33,12 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from server.pipeline.backend import _flatten, _TensorOutputs  # noqa: E402
-from server.pipeline.detect import DetectorOptions, SSDFaceDetector, build_detector  # noqa: E402
+from server.pipeline.backend import _flatten, _TensorOutputs, read_int8  # noqa: E402
+from server.pipeline.detect import SSD_INT8, DetectorOptions, SSDFaceDetector, build_detector  # noqa: E402
 
 LATENCY = {"PERFORMANCE_HINT": "LATENCY"}
 OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
-    "server (dynamic batch, LATENCY)": ("dynamic", LATENCY),
+    "float build (dynamic batch, LATENCY)": ("dynamic", LATENCY),
     "static batch-1 shape": ("static", LATENCY),
     "CPU pinning off": ("dynamic", {**LATENCY, "ENABLE_CPU_PINNING": False}),
     "CPU pinning on": ("dynamic", {**LATENCY, "ENABLE_CPU_PINNING": True}),
@@ -94,6 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     }
     core = ov.Core()
     compiled = {name: core.compile_model(models[shape], "CPU", cfg) for name, (shape, cfg) in OPTIONS.items()}
+    shipped = read_int8(SSD_INT8, det.model, example)
+    if shipped is not None:
+        compiled["shipped int8 build (the server's default)"] = core.compile_model(shipped, "CPU", LATENCY)
     if args.int8:
         import nncf
 
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         f"SSD network, 300x300, batch 1; medians of {args.iters}, options alternating; "
         f"1-min load average {os.getloadavg()[0]:.1f}\n"
     )
-    print("| configuration | median ms | vs server |\n| --- | ---: | ---: |")
+    print("| configuration | median ms | vs float build |\n| --- | ---: | ---: |")
     for name, t in times.items():
         print(f"| {name} | {statistics.median(t):.1f} | {statistics.median(t) / base:.2f} |")
     if not args.int8:

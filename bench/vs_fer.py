@@ -54,6 +54,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also run a second server on the torch reference path (EMOTION_BACKEND=torch), alternating",
     )
+    p.add_argument(
+        "--second",
+        action="append",
+        default=[],
+        help="EMOTION_X=Y: the second server (as --reference) with these variables instead, e.g. "
+        "EMOTION_CPU_PRECISION=float",
+    )
     p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     p.add_argument("--no-write", action="store_true", help="print only")
     p.add_argument("--note", default="", help="a sentence about the conditions, written above the table")
@@ -180,7 +187,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     theirs: dict[str, list[float]] = {k: [] for k in jpegs}
     faces: dict[str, tuple[int, int]] = {}
     stages: dict[str, dict[str, list[float]]] = {k: {} for k in jpegs}
-    ref_server = ServerProcess(env={**env, "EMOTION_BACKEND": "torch"}).start() if args.reference else None
+    second = dict(kv.split("=", 1) for kv in args.second) or (
+        {"EMOTION_BACKEND": "torch"} if args.reference else {}
+    )
+    ref_server = ServerProcess(env={**env, **second}).start() if second else None
     ref_ms: dict[str, list[float]] = {k: [] for k in jpegs}
     torch_ms: dict[str, list[float]] = {}
     try:
@@ -231,6 +241,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "wall": wall,
         "fer_version": fer.info.get("fer", "?"),
         "torch": torch_ms,
+        "second": " ".join(f"{k}={v}" for k, v in second.items()),
     }
 
 
@@ -251,10 +262,9 @@ def report(r: dict[str, Any]) -> tuple[str, str]:
     if r["torch"]:
         rows += [
             "",
-            "Same run, a second server on the torch reference path (`EMOTION_BACKEND=torch`), its calls "
-            "alternating with the two above:",
+            f"Same run, a second server with `{r['second']}`, its calls alternating with the two above:",
             "",
-            "| frame | torch path p50 ms | torch path p95 ms | default (OpenVINO) p50 ms | speed-up |",
+            "| frame | second server p50 ms | second server p95 ms | default p50 ms | speed-up |",
             "| --- | ---: | ---: | ---: | ---: |",
         ]
         for name, t in r["torch"].items():

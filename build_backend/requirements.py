@@ -27,7 +27,8 @@ SERVER = [
     "openvino>=2025.0",
     "fastapi-offline>=1.7",  # Swagger UI / ReDoc assets in the wheel: /docs works without internet
 ]
-TRAIN = ["scikit-learn>=1.4", "tqdm>=4.66", "matplotlib>=3.8"]
+# nncf: int8 post-training quantization of the face detector (training.quantize_ssd), offline only.
+TRAIN = ["scikit-learn>=1.4", "tqdm>=4.66", "matplotlib>=3.8", "nncf>=2.14"]
 # The lean remote client (43 MB venv, docs/client.md): REST predict, batch jobs against a server,
 # the WebSocket, the schemas. `webcam` adds capture (webcam, video files, image folders) with PyAV,
 # which bundles FFmpeg and needs no numpy; the window is Python's own tkinter. `camera` is the
@@ -58,7 +59,7 @@ SERVER_SCRIPTS = [
 ]
 SERVER_PACKAGES = ["server", "training", "emotion_service"]
 SERVER_PACKAGE_DATA = {
-    "server": ["checkpoints/*.safetensors", "checkpoints/blazeface/*", "api/web/*"],
+    "server": ["checkpoints/*.safetensors", "checkpoints/blazeface/*", "checkpoints/ssd-int8/*", "api/web/*"],
     "emotion_service": ["py.typed"],
 }
 

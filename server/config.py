@@ -82,9 +82,12 @@ class Settings(BaseSettings):
         description="Model runtime on the CPU: auto (OpenVINO when installed), torch (the reference path), "
         "openvino. GPUs always run torch.",
     )
-    cpu_precision: Literal["auto", "f32"] = Field(
+    cpu_precision: Literal["auto", "float", "f32"] = Field(
         default="auto",
-        description="OpenVINO precision: auto (bf16 on CPUs with native bf16, else f32) or f32.",
+        description=(
+            "OpenVINO precision: auto (the face detector's shipped int8 build; bf16 on CPUs with native "
+            "bf16, else f32), float (auto without int8) or f32."
+        ),
     )
     flip_tta: bool = Field(
         default=False, description="Average each face's probabilities with its mirror image's (2x classify)."

@@ -36,7 +36,11 @@ log = logging.getLogger(__name__)
 IR_VERSION = 1
 
 Backend = Literal["auto", "torch", "openvino"]
-Precision = Literal["auto", "f32"]
+#: ``auto``: a shipped int8 build of the network where one exists (:func:`compile_module`'s ``int8``),
+#: else bf16 on CPUs with native bf16, else f32; ``float``: as ``auto`` without int8; ``f32``: f32.
+Precision = Literal["auto", "float", "f32"]
+#: The key of the weights an int8 build was quantized from, in its ``rt_info``.
+SOURCE_KEY = "emotion_service_source_key"
 BACKENDS: tuple[str, ...] = ("auto", "torch", "openvino")
 
 
@@ -74,14 +78,16 @@ class OpenVINOModule:
         threads: int | None = None,
         precision: Precision = "auto",
         cache_dir: str | Path | None = None,
+        int8: str | Path | None = None,
     ) -> None:
         import openvino as ov
 
         module = module.eval()
-        with torch.inference_mode():
-            reference = module(example)
-        self._structure, self._constants = _flatten(reference)
-        converted = self._converted(module, example, cache_dir)
+        self._structure, self._constants = output_structure(module, example)
+        converted = read_int8(int8, module, example) if int8 is not None and precision == "auto" else None
+        self.int8 = converted is not None
+        if converted is None:
+            converted = self._converted(module, example, cache_dir)
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
@@ -89,7 +95,7 @@ class OpenVINOModule:
             config["INFERENCE_PRECISION_HINT"] = "f32"
         self.compiled = ov.Core().compile_model(converted, "CPU", config)
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
-        self.precision = str(getattr(hint, "get_type_name", lambda: hint)())
+        self.precision = "int8" if self.int8 else str(getattr(hint, "get_type_name", lambda: hint)())
         self._local = threading.local()
 
     def _converted(self, module: nn.Module, example: torch.Tensor, cache_dir: str | Path | None) -> Any:
@@ -101,13 +107,7 @@ class OpenVINOModule:
 
         if cache_dir is None:
             return self._convert(module, example)
-        key = hashlib.sha256()
-        for name, value in module.state_dict().items():
-            key.update(name.encode())
-            key.update(value.detach().cpu().contiguous().numpy().tobytes())
-        # The module's repr holds its layer hyperparameters (e.g. the SSD head layout's padding),
-        # which the weights alone do not: the same weights can be different networks.
-        key.update(repr(module).encode())
+        key = hashlib.sha256(module_key(module).encode())
         key.update(
             f"{type(module).__qualname__} {tuple(example.shape[1:])} {ov.__version__} v{IR_VERSION}".encode()
         )
@@ -133,16 +133,7 @@ class OpenVINOModule:
         return converted
 
     def _convert(self, module: nn.Module, example: torch.Tensor) -> Any:
-        import openvino as ov
-
-        shape = ov.PartialShape([-1, *example.shape[1:]])
-        with warnings.catch_warnings():  # the converter traces: tracer and deprecation warnings only
-            warnings.simplefilter("ignore")
-            return ov.convert_model(
-                _TensorOutputs(module, self._structure),
-                example_input=example.contiguous(),
-                input=[(shape, ov.Type.f32)],
-            )
+        return convert(module, example, self._structure)
 
     def _request(self) -> Any:
         req = getattr(self._local, "request", None)
@@ -155,6 +146,62 @@ class OpenVINOModule:
         outputs = self._request().infer({0: arr}, share_inputs=True)
         tensors = [torch.from_numpy(np.array(outputs[i])) for i in range(len(outputs))]
         return _unflatten(self._structure, tensors, self._constants)
+
+
+def convert(module: nn.Module, example: torch.Tensor, structure: Any) -> Any:
+    """The OpenVINO model of ``module``'s tensor outputs (``structure``: :func:`_flatten`'s), f32 in,
+    ``example``'s shape with a dynamic batch dimension."""
+    import openvino as ov
+
+    with warnings.catch_warnings():  # the converter traces: tracer and deprecation warnings only
+        warnings.simplefilter("ignore")
+        return ov.convert_model(
+            _TensorOutputs(module, structure),
+            example_input=example.contiguous(),
+            input=[(ov.PartialShape([-1, *example.shape[1:]]), ov.Type.f32)],
+        )
+
+
+def output_structure(module: nn.Module, example: torch.Tensor) -> tuple[Any, list[Any]]:
+    """Which of ``module``'s outputs are tensors, and the others' values (one forward)."""
+    with torch.inference_mode():
+        return _flatten(module(example))
+
+
+def module_key(module: nn.Module) -> str:
+    """A digest of the network: its weights and its repr, which holds the layer hyperparameters
+    (e.g. the SSD head layout's padding) the weights alone do not (the same weights can be
+    different networks)."""
+    key = hashlib.sha256()
+    for name, value in module.state_dict().items():
+        key.update(name.encode())
+        key.update(value.detach().cpu().contiguous().numpy().tobytes())
+    key.update(repr(module).encode())
+    return key.hexdigest()
+
+
+def read_int8(path: str | Path, module: nn.Module, example: torch.Tensor) -> Any | None:
+    """The int8 build of ``module`` at ``path`` (an OpenVINO IR ``.xml``), or None when it is missing,
+    made for another input size (the SSD's graph changes with it: only the size quantized runs in
+    int8), unreadable or made from other weights (the last two with a warning); the float build then
+    runs: the speed differs, not the network."""
+    import openvino as ov
+
+    if not Path(path).is_file():
+        return None
+    try:
+        model = ov.Core().read_model(str(path))
+        made_from = model.get_rt_info([SOURCE_KEY]).astype(str) if model.has_rt_info([SOURCE_KEY]) else None
+        size = list(model.input(0).get_partial_shape().get_min_shape())[1:]
+    except RuntimeError as exc:
+        log.warning("ignoring unreadable int8 model %s: %s", path, exc)
+        return None
+    if size != list(example.shape[1:]):
+        return None
+    if made_from != module_key(module):
+        log.warning("ignoring int8 model %s: quantized from other weights than these", path)
+        return None
+    return model
 
 
 class _TensorOutputs(nn.Module):
@@ -196,15 +243,17 @@ def compile_module(
     threads: int | None = None,
     precision: Precision = "auto",
     cache_dir: str | Path | None = None,
+    int8: str | Path | None = None,
 ) -> Any:
     """``module`` itself for the torch backend, else its OpenVINO build (same call, same outputs).
 
     ``cache_dir``: where converted models are kept (the server passes ``Settings.cache_dir``,
-    shared with the detector's converted weights); ``None`` converts without caching."""
+    shared with the detector's converted weights); ``None`` converts without caching. ``int8``:
+    an int8 build of this network (:func:`read_int8`), used when ``precision`` is ``auto``."""
     if backend == "torch":
         return module
     if backend != "openvino":
         raise ValueError(f"backend must be torch or openvino after resolution, not {backend!r}")
-    compiled = OpenVINOModule(module, example, threads, precision, cache_dir)
+    compiled = OpenVINOModule(module, example, threads, precision, cache_dir, int8)
     log.info("%s compiled by OpenVINO (%s)", type(module).__name__, compiled.precision)
     return compiled

@@ -30,7 +30,7 @@ from server.pipeline.detect.options import (
     DetectorOptions,
     resolve_detector,
 )
-from server.pipeline.detect.ssd import SSDFaceDetector
+from server.pipeline.detect.ssd import SSD_INT8, SSDFaceDetector
 from server.pipeline.types import Detections, FaceDetector
 
 
@@ -63,6 +63,7 @@ def build_detector(
 __all__ = [
     "DETECTORS",
     "DETECTOR_CHOICES",
+    "SSD_INT8",
     "BlazeFaceDetector",
     "Detections",
     "DetectorChoice",

