@@ -33,7 +33,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from server.pipeline.backend import _flatten, _TensorOutputs, read_int8  # noqa: E402
+from server.pipeline.backend import convert, output_structure, read_int8  # noqa: E402
 from server.pipeline.detect import SSD_INT8, DetectorOptions, SSDFaceDetector, build_detector  # noqa: E402
 
 LATENCY = {"PERFORMANCE_HINT": "LATENCY"}
@@ -84,15 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     det = build_detector("ssd", DetectorOptions(score_threshold=0.5, min_face_size=1))
     assert isinstance(det, SSDFaceDetector)
     example = det.preprocess([torch.zeros((3, 300, 300), dtype=torch.uint8)]).contiguous()
-    with torch.inference_mode():
-        structure, constants = _flatten(det.model(example))
-    wrapped = _TensorOutputs(det.model, structure)
-    models = {
-        shape: ov.convert_model(
-            wrapped, example_input=example, input=[(ov.PartialShape([b, 3, 300, 300]), ov.Type.f32)]
-        )
-        for shape, b in (("dynamic", -1), ("static", 1))
-    }
+    structure, constants = output_structure(det.model, example)
+    models = {shape: convert(det.model, example, structure) for shape in ("dynamic", "static")}
+    models["static"].reshape([1, *example.shape[1:]])
     core = ov.Core()
     compiled = {name: core.compile_model(models[shape], "CPU", cfg) for name, (shape, cfg) in OPTIONS.items()}
     shipped = read_int8(SSD_INT8, det.model, example)

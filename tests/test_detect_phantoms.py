@@ -133,7 +133,7 @@ def test_trained_layout_is_the_inner_cells_of_the_deploy_maps(
     maps: dict[str, torch.Tensor] = {}
     outputs = {}
     for name, det in (("trained", trained), ("deploy", deploy)):
-        hook = det.model.extra["conv8_2"].register_forward_hook(
+        hook = det.model.net.extra["conv8_2"].register_forward_hook(
             lambda _m, _i, out, name=name: maps.__setitem__(name, out)
         )
         with torch.inference_mode():

@@ -25,7 +25,7 @@ import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 #: Bump when what is cached changes meaning (the wrapper, the conversion options).
-IR_VERSION = 1
+IR_VERSION = 2
 
 Backend = Literal["auto", "torch", "openvino"]
 #: ``auto``: a shipped int8 build of the network where one exists (:func:`compile_module`'s ``int8``),
@@ -109,7 +109,8 @@ class OpenVINOModule:
             return self._convert(module, example)
         key = hashlib.sha256(module_key(module).encode())
         key.update(
-            f"{type(module).__qualname__} {tuple(example.shape[1:])} {ov.__version__} v{IR_VERSION}".encode()
+            f"{type(module).__qualname__} {tuple(example.shape[1:])} {example.dtype} {ov.__version__} "
+            f"v{IR_VERSION}".encode()
         )
         cache = Path(cache_dir)
         xml = cache / f"openvino-{type(module).__name__.lower()}-{key.hexdigest()[:16]}.xml"
@@ -142,23 +143,42 @@ class OpenVINOModule:
         return req
 
     def __call__(self, x: torch.Tensor) -> Any:
-        arr = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        x = x.detach().cpu()
+        arr = np.ascontiguousarray((x.float() if x.is_floating_point() else x).numpy())
         outputs = self._request().infer({0: arr}, share_inputs=True)
         tensors = [torch.from_numpy(np.array(outputs[i])) for i in range(len(outputs))]
         return _unflatten(self._structure, tensors, self._constants)
 
 
+@runtime_checkable
+class InputSteps(Protocol):
+    """A module that is ``net`` after input steps (``blob``) which OpenVINO can run as
+    preprocessing (``openvino_preprocessing`` states them on a ``PrePostProcessor``)."""
+
+    net: nn.Module
+
+    def blob(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def openvino_preprocessing(self, ppp: Any) -> None: ...
+
+
 def convert(module: nn.Module, example: torch.Tensor, structure: Any) -> Any:
-    """The OpenVINO model of ``module``'s tensor outputs (``structure``: :func:`_flatten`'s), f32 in,
-    ``example``'s shape with a dynamic batch dimension."""
+    """The OpenVINO model of ``module``'s tensor outputs (``structure``: :func:`_flatten`'s), with
+    ``example``'s shape and a dynamic batch dimension: f32 in, or what an :class:`InputSteps`
+    module takes (e.g. the SSD's uint8 pixels)."""
     import openvino as ov
 
+    if isinstance(module, InputSteps):  # a module whose first steps OpenVINO does better itself
+        ppp = ov.preprocess.PrePostProcessor(convert(module.net, module.blob(example), structure))
+        module.openvino_preprocessing(ppp)
+        return ppp.build()
+    dtype = ov.Type.u8 if example.dtype == torch.uint8 else ov.Type.f32
     with warnings.catch_warnings():  # the converter traces: tracer and deprecation warnings only
         warnings.simplefilter("ignore")
         return ov.convert_model(
             _TensorOutputs(module, structure),
             example_input=example.contiguous(),
-            input=[(ov.PartialShape([-1, *example.shape[1:]]), ov.Type.f32)],
+            input=[(ov.PartialShape([-1, *example.shape[1:]]), dtype)],
         )
 
 

@@ -24,7 +24,7 @@ import torch
 from server.pipeline.detect.cache import load_converted
 from server.pipeline.detect.files import DetectorFiles
 from server.pipeline.detect.inputs import as_rgb
-from server.pipeline.detect.network import Res10SSD
+from server.pipeline.detect.network import BlobInput, Res10SSD
 from server.pipeline.detect.nms import select_detections
 from server.pipeline.detect.options import DetectorOptions
 from server.pipeline.detect.priors import decode_boxes, make_priors
@@ -63,12 +63,11 @@ class SSDFaceDetector:
         self.options = options or DetectorOptions()
         self.device = torch.device(device)
         self.prior_specs, self.output_spec = read_specs(files.prototxt)
-        self.model = Res10SSD(tuple(len(s.box_sizes) for s in self.prior_specs), layout)
-        self.model.load_state_dict(load_converted(files, cache_dir))
-        self.model = self.model.to(self.device).eval().requires_grad_(False)
+        net = Res10SSD(tuple(len(s.box_sizes) for s in self.prior_specs), layout)
+        net.load_state_dict(load_converted(files, cache_dir))
+        self.model = BlobInput(net, BGR_MEAN).to(self.device).eval().requires_grad_(False)
         if self.device.type == "cpu":
             self.model = self.model.to(memory_format=torch.channels_last)
-        self._mean = torch.tensor(BGR_MEAN, device=self.device).view(1, 3, 1, 1)
         self._priors: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
@@ -77,7 +76,9 @@ class SSDFaceDetector:
         return self.options.input_size
 
     def preprocess(self, images: list[torch.Tensor]) -> torch.Tensor:
-        """``cv2.dnn.blobFromImage(bgr, 1.0, input_size, mean)`` for RGB tensors, as one batch.
+        """The network's input for RGB tensors, as one (B, H, W, 3) uint8 batch at ``input_size``:
+        the pixels of ``cv2.dnn.blobFromImage(bgr, 1.0, input_size, mean)``, whose channel order
+        and mean the network applies itself (:class:`~server.pipeline.detect.network.BlobInput`).
 
         The resize must be OpenCV's, bit for bit: the SSD's weaker outputs move with
         single grey-level differences. On the CPU that is ``cv2.resize`` itself, per
@@ -95,14 +96,13 @@ class SSDFaceDetector:
                     if hwc.shape[:2] == (h, w)
                     else cv2.resize(hwc, (w, h), interpolation=cv2.INTER_LINEAR)
                 )
-            nhwc = torch.from_numpy(batch).flip(-1).float() - self._mean.view(3)  # BGR, minus the mean
-            return nhwc.permute(0, 3, 1, 2)  # NCHW view of NHWC memory: channels_last, as the model wants
+            return torch.from_numpy(batch)
         imgs = [as_rgb(img).to(self.device, non_blocking=True) for img in images]
         if all(img.shape == imgs[0].shape for img in imgs):
             x = cv2_resize_linear(torch.stack(imgs), self.input_size)
         else:
             x = torch.cat([cv2_resize_linear(img[None], self.input_size) for img in imgs])
-        return x.flip(1).float() - self._mean  # RGB -> BGR, then the training mean
+        return x.permute(0, 2, 3, 1)
 
     def prior_boxes(self, feature_sizes: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Priors and variances for the network's head map sizes, made once per input size."""
