@@ -214,6 +214,7 @@ class Runtime:
                 "crop": m.crop.model_dump(),
                 "metrics": m.metrics,
                 "data_fingerprint": m.data_fingerprint,
+                "precision": self._precisions()[0],
             },
             "detector": {
                 "kind": self.detector,
@@ -221,6 +222,7 @@ class Runtime:
                 "score_threshold": s.score_threshold,
                 "min_face_size": s.min_face_size,
                 "max_faces": s.max_faces,
+                "precision": self._precisions()[1],
             },
             "device": self.device,
             "backend": self.backend,
@@ -228,6 +230,18 @@ class Runtime:
             "limits": s.limits(),
             "auth": s.auth_enabled,
         }
+
+    def _precisions(self) -> tuple[str | None, str | None]:
+        """The classifier's and the SSD's precision once the models are loaded (else None)."""
+        from server.pipeline.backend import precision_of
+        from server.pipeline.detect import SSDFaceDetector
+
+        if self.analyzer is None:
+            return None, None
+        pipeline = self.analyzer.pipeline
+        detector = pipeline.detector
+        ssd = precision_of(detector.model) if isinstance(detector, SSDFaceDetector) else None
+        return precision_of(pipeline.classifier.model), ssd
 
     async def close(self) -> None:
         """Graceful stop: streams get 1001, queued work finishes, then the pools go."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,6 +62,10 @@ def test_health_ready_info(srv: LiveServer) -> None:
     assert info["model"]["version"].startswith("test-") and info["model"]["input_size"] == 48
     assert info["detector"]["kind"] == "ssd" and info["device"] == "cpu"
     assert info["backend"] in ("torch", "openvino") and info["flip_tta"] is False
+    # What the networks compute in: on the CPU with OpenVINO the face detector's shipped int8 build.
+    cpu_int8 = info["backend"] == "openvino" and os.environ.get("EMOTION_CPU_PRECISION", "auto") == "auto"
+    assert info["detector"]["precision"] in (("int8",) if cpu_int8 else ("bf16", "f32", "float32"))
+    assert info["model"]["precision"] in ("bf16", "f32", "float32")
     assert info["limits"]["max_body_bytes"] == 10 * MiB and info["limits"]["max_pixels"] == 40_000_000
 
 

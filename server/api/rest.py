@@ -86,6 +86,9 @@ class ModelInfo(BaseModel):
     crop: dict[str, Any]
     metrics: dict[str, Any]
     data_fingerprint: str
+    precision: str | None = Field(
+        default=None, description="What the classifier computes in (bf16, f32, float32...); null until ready."
+    )
 
 
 class DetectorInfo(BaseModel):
@@ -96,6 +99,11 @@ class DetectorInfo(BaseModel):
     score_threshold: float
     min_face_size: int
     max_faces: int
+    precision: str | None = Field(
+        default=None,
+        description="What the SSD's whole-image pass computes in (int8, bf16, f32, float32, ...); null until "
+        "ready and for the other detectors.",
+    )
 
 
 class InfoResponse(BaseModel):

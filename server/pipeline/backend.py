@@ -188,6 +188,15 @@ def output_structure(module: nn.Module, example: torch.Tensor) -> tuple[Any, lis
         return _flatten(module(example))
 
 
+def precision_of(model: Any) -> str:
+    """What a model as :func:`compile_module` returned it computes in: the OpenVINO build's
+    (``int8``, ``bf16``, ``f32``) or the torch module's parameter type (``float32``, ``float16``)."""
+    if isinstance(model, OpenVINOModule):
+        return model.precision
+    first = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
+    return str(first.dtype).removeprefix("torch.") if first is not None else "unknown"
+
+
 def module_key(module: nn.Module) -> str:
     """A digest of the network: its weights and its repr, which holds the layer hyperparameters
     (e.g. the SSD head layout's padding) the weights alone do not (the same weights can be
