@@ -202,6 +202,7 @@ class Runtime:
     def info(self) -> dict[str, Any]:
         s = self.settings
         m = self.meta
+        model_precision, detector_precision = self._precisions()
         return {
             "ready": self.ready,
             "classes": m.classes,
@@ -214,7 +215,7 @@ class Runtime:
                 "crop": m.crop.model_dump(),
                 "metrics": m.metrics,
                 "data_fingerprint": m.data_fingerprint,
-                "precision": self._precisions()[0],
+                "precision": model_precision,
             },
             "detector": {
                 "kind": self.detector,
@@ -222,7 +223,7 @@ class Runtime:
                 "score_threshold": s.score_threshold,
                 "min_face_size": s.min_face_size,
                 "max_faces": s.max_faces,
-                "precision": self._precisions()[1],
+                "precision": detector_precision,
             },
             "device": self.device,
             "backend": self.backend,
