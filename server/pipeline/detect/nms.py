@@ -21,7 +21,7 @@ def select_detections(
     prior index, as OpenCV's stable sort does, so even ties resolve identically.
     """
     bsz = scores.shape[0]
-    img_idx, prior_idx = (scores > max(threshold, spec.confidence_threshold)).nonzero(as_tuple=True)
+    img_idx, prior_idx = (scores > spec.score_floor(threshold)).nonzero(as_tuple=True)
     cand = scores[img_idx, prior_idx]
     order = cand.sort(descending=True, stable=True).indices
     order = order[img_idx[order].sort(stable=True).indices]  # by image, then score, then prior

@@ -74,6 +74,10 @@ class OutputSpec:
     keep_top_k: int
     confidence_threshold: float
 
+    def score_floor(self, threshold: float) -> float:
+        """Candidates score above this: the caller's threshold or the layer's own, the higher."""
+        return max(threshold, self.confidence_threshold)
+
     @classmethod
     def from_layer(cls, layer: dict[str, list[Any]]) -> OutputSpec:
         p = layer["detection_output_param"][0]

@@ -142,7 +142,7 @@ class SSDFaceDetector:
         if not images:
             return []
         threshold, limit = self.options.per_call(min_confidence, max_faces)
-        floor = max(threshold, self.output_spec.confidence_threshold)  # select_detections' floor
+        floor = self.output_spec.score_floor(threshold)
         boxes, scores = self.forward_raw(self.preprocess(images), floor)
         min_side = max(self.options.min_face_size, 1e-6)
         keep = self._best(boxes, scores, floor, min_side, images) if limit == 1 else None
