@@ -13,7 +13,8 @@ def write_section(path: Path, section: str, body: str) -> None:
         text = text.rstrip("\n") + "\n\n" + body
     else:
         end = text.find("\n## ", start + len(section))
-        text = text[:start] + body + (text[end + 1 :] if end >= 0 else "")
+        rest = "\n\n" + text[end + 1 :] if end >= 0 else ""  # a blank line before the next heading
+        text = text[:start] + body.rstrip("\n") + rest
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text.rstrip("\n") + "\n")
 
