@@ -223,18 +223,15 @@ class StreamSession:
         idle = self.runtime.settings.stream_idle_timeout_s
         while True:
             if idle:
+                remaining = self.last_activity + idle - time.monotonic()
+                if remaining <= 0:
+                    if self.pending is None and not self.busy:
+                        raise RequestTimeout(f"no frame for {idle:g} s")
+                    remaining = idle  # a frame is still being answered: the client is waiting, not idle
                 try:
-                    remaining = self.last_activity + idle - time.monotonic()
-                    # past the deadline only while a frame is answered: look again in ``idle``
-                    message = await asyncio.wait_for(self.ws.receive(), remaining if remaining > 0 else idle)
+                    message = await asyncio.wait_for(self.ws.receive(), remaining)
                 except TimeoutError:
-                    if (
-                        self.pending is None
-                        and not self.busy
-                        and time.monotonic() - self.last_activity >= idle
-                    ):
-                        raise RequestTimeout(f"no frame for {idle:g} s") from None
-                    continue  # a frame is still being answered: the client is waiting, not idle
+                    continue  # the deadline is judged once, above, with one reading of the clock
             else:
                 message = await self.ws.receive()
             if message["type"] == "websocket.disconnect":
