@@ -1,4 +1,4 @@
-"""training.interpolate: the weights on the line between two checkpoints, refused across models."""
+"""training.interpolate: weighted averages of checkpoints (WiSE-FT, soups), refused across models."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from server.model.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, save_checkpoint
 from server.model.resnet import build_resnet18
 from shared.emotions import EMOTIONS
-from training.interpolate import interpolate, main
+from training.interpolate import interpolate, main, soup
 
 
 def _checkpoint(path: Path, seed: int, stem: str = "s2") -> Path:
@@ -37,7 +37,7 @@ def test_interpolates_every_float_tensor(tmp_path: Path) -> None:
             assert torch.equal(v, sb[k])
     assert not torch.allclose(mixed.state_dict()["bn1.running_mean"], sa["bn1.running_mean"])
     assert meta.version == "1" and "test" not in meta.metrics
-    assert meta.train_config["interpolated"]["alpha"] == 0.25
+    assert [s["weight"] for s in meta.train_config["averaged"]] == [0.75, 0.25]
     # the mixed weights still classify: a forward pass gives finite probabilities
     probs = mixed(torch.rand(2, 1, 48, 48)).softmax(-1)
     assert torch.isfinite(probs).all()
@@ -51,3 +51,35 @@ def test_refuses_different_models_and_bad_alpha(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="alpha"):
         main([str(a), str(a), "--alpha", "1.5", "--out", str(tmp_path / "y.safetensors")])
     assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "y.safetensors").exists()
+
+
+def test_a_soup_of_three_with_weights_and_uniform(tmp_path: Path) -> None:
+    paths = [_checkpoint(tmp_path / f"{i}.safetensors", i) for i in range(3)]
+    states = [load_checkpoint(p)[0].state_dict() for p in paths]
+    out = soup(paths, [0.5, 0.25, 0.25], tmp_path / "soup.safetensors")
+    mixed = load_checkpoint(out)[0].state_dict()
+    for k, v in mixed.items():
+        if v.is_floating_point():
+            expected = 0.5 * states[0][k] + 0.25 * states[1][k] + 0.25 * states[2][k]
+            torch.testing.assert_close(v, expected, atol=2e-3, rtol=2e-3)
+    # the command line: uniform weights unless given
+    main([*map(str, paths), "--out", str(tmp_path / "uniform.safetensors")])
+    uniform, meta = load_checkpoint(tmp_path / "uniform.safetensors")
+    expected = sum(s["fc.weight"] for s in states) / 3
+    torch.testing.assert_close(uniform.state_dict()["fc.weight"], expected, atol=2e-3, rtol=2e-3)
+    assert [s["weight"] for s in meta.train_config["averaged"]] == pytest.approx([1 / 3] * 3)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--weights", "0.5,0.6,-0.1"], "sum to 1"),
+        (["--weights", "0.5,0.5"], "one weight each"),
+        (["--alpha", "0.5"], "two checkpoints"),
+    ],
+)
+def test_a_soup_refuses_bad_weights(tmp_path: Path, args: list[str], message: str) -> None:
+    paths = [str(_checkpoint(tmp_path / f"{i}.safetensors", i)) for i in range(3)]
+    with pytest.raises(SystemExit, match=message):
+        main([*paths, *args, "--out", str(tmp_path / "x.safetensors")])
+    assert not (tmp_path / "x.safetensors").exists()

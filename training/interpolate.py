@@ -1,66 +1,90 @@
-"""Weight interpolation of two checkpoints of one model (WiSE-FT: Wortsman et al., CVPR 2022).
+"""Weighted averages of checkpoints of one model: WiSE-FT and model soups (Wortsman et al., 2022).
 
 Why: a short fine-tune on real-photo crops fixes the classifier's behaviour on real photos but
-costs it on FER2013; a point on the straight line between the weights before and after the
-fine-tune often keeps most of both gains, at no training cost. Every floating tensor
-(BatchNorm running statistics included) is ``(1 - alpha) * start + alpha * end``; integer
-buffers (BatchNorm's batch counters) come from ``end``. Candidates are chosen like any other:
-on PublicTest and the held-out real photos, never on PrivateTest.
+costs it on FER2013. A point on the straight line between the weights before and after the
+fine-tune (WiSE-FT, ``--alpha``) often keeps most of both gains; averaging several fine-tunes of
+one start (a soup, ``--weights``) keeps what each learnt from the crops and recovers part of
+FER2013. Neither costs training. Every floating tensor (BatchNorm running statistics included)
+is averaged in fp32; integer buffers (BatchNorm's batch counters) come from the last checkpoint.
+Candidates are chosen like any other: on PublicTest and the held-out real photos, never on
+PrivateTest.
 
     python -m training.interpolate START END --alpha 0.5 --out runs/wise/a0.5.safetensors
+    python -m training.interpolate A B C --weights 0.5,0.25,0.25 --out runs/soup.safetensors
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Sequence
 from pathlib import Path
-
-import torch
 
 from server.model.checkpoint import CheckpointError, file_digest, load_checkpoint, save_checkpoint
 
-#: Metadata that must agree for the two weight sets to be points of one model.
+#: Metadata that must agree for the weight sets to be points of one model.
 _SAME = ("arch", "stem", "classes", "input_size", "in_channels", "mean", "std", "crop")
 
 
-def interpolate(start: str | Path, end: str | Path, alpha: float, out: str | Path) -> Path:
-    """Write ``(1 - alpha) * start + alpha * end`` to ``out`` with ``end``'s metadata, the two
-    sources and ``alpha`` recorded in its ``train_config`` and its test metrics dropped."""
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    model_a, meta_a = load_checkpoint(start)
-    model_b, meta_b = load_checkpoint(end)
-    differ = [k for k in _SAME if getattr(meta_a, k) != getattr(meta_b, k)]
-    if differ:
-        raise CheckpointError(f"{start} and {end} are not the same model: {', '.join(differ)} differ")
-    state_a = model_a.state_dict()
-    mixed = {
-        k: torch.lerp(state_a[k], v, alpha) if v.is_floating_point() else v
-        for k, v in model_b.state_dict().items()
-    }
-    model_b.load_state_dict(mixed)
-    meta = meta_b.model_copy(deep=True)
+def soup(paths: Sequence[str | Path], weights: Sequence[float], out: str | Path) -> Path:
+    """Write ``sum(w_i * checkpoint_i)`` to ``out`` with the last checkpoint's metadata, every
+    source and weight recorded in its ``train_config`` and its test metrics dropped."""
+    if len(paths) < 2 or len(paths) != len(weights):
+        raise ValueError(f"need two or more checkpoints, one weight each: got {len(paths)}, {len(weights)}")
+    if min(weights) < 0 or not math.isclose(sum(weights), 1.0, abs_tol=1e-6):
+        raise ValueError(f"weights must be >= 0 and sum to 1, got {list(weights)}")
+    loaded = [load_checkpoint(p) for p in paths]
+    model, last = loaded[-1]
+    for path, (_, meta) in zip(paths[:-1], loaded[:-1], strict=True):
+        differ = [k for k in _SAME if getattr(meta, k) != getattr(last, k)]
+        if differ:
+            raise CheckpointError(f"{path} and {paths[-1]} are not one model: {', '.join(differ)} differ")
+    states = [m.state_dict() for m, _ in loaded]
+    model.load_state_dict(
+        {
+            k: sum(w * s[k].float() for w, s in zip(weights, states, strict=True)).to(v.dtype)
+            if v.is_floating_point()
+            else v
+            for k, v in states[-1].items()
+        }
+    )
+    meta = last.model_copy(deep=True)
     meta.train_config = {
-        "interpolated": {
-            "start": f"{Path(start).name} ({file_digest(start)})",
-            "end": f"{Path(end).name} ({file_digest(end)})",
-            "alpha": alpha,
-        },
-        "end_train_config": meta_b.train_config,
+        "averaged": [
+            {"checkpoint": f"{Path(p).name} ({file_digest(p)})", "weight": w}
+            for p, w in zip(paths, weights, strict=True)
+        ],
+        "last_train_config": last.train_config,
     }
     meta.metrics = {k: v for k, v in meta.metrics.items() if k != "test"}
-    return save_checkpoint(out, model_b, meta)
+    return save_checkpoint(out, model, meta)
+
+
+def interpolate(start: str | Path, end: str | Path, alpha: float, out: str | Path) -> Path:
+    """``(1 - alpha) * start + alpha * end`` (WiSE-FT), with ``end``'s metadata."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    return soup([start, end], [1.0 - alpha, alpha], out)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("start", help="weights before the fine-tune (alpha 0)")
-    parser.add_argument("end", help="weights after it (alpha 1)")
-    parser.add_argument("--alpha", type=float, required=True, help="0 = start, 1 = end")
+    parser.add_argument("checkpoints", nargs="+", help="two or more checkpoints of one model")
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--alpha", type=float, help="two checkpoints: 0 = the first, 1 = the second")
+    how.add_argument("--weights", help="comma list, one per checkpoint, summing to 1 (default: uniform)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
+    paths = args.checkpoints
     try:
-        print(interpolate(args.start, args.end, args.alpha, args.out))
+        if args.alpha is not None:
+            if len(paths) != 2:
+                raise ValueError(f"--alpha takes two checkpoints, got {len(paths)}")
+            print(interpolate(paths[0], paths[1], args.alpha, args.out))
+            return
+        n = len(paths)
+        weights = [float(w) for w in args.weights.split(",")] if args.weights else [1 / n] * n
+        print(soup(paths, weights, args.out))
     except (CheckpointError, ValueError) as exc:
         raise SystemExit(str(exc)) from exc
 
