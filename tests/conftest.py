@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
-FER2013 = Path(os.environ.get("FER2013_PATH", REPO.parent / "shared" / "data" / "fer2013.tar.gz"))
+from dataset_paths import FER2013, REALFACES
 
 
 @pytest.fixture(scope="session")
@@ -17,6 +14,13 @@ def fer2013_path() -> Path:
     if not FER2013.exists():
         pytest.skip(f"FER2013 not found at {FER2013}")
     return FER2013
+
+
+@pytest.fixture(scope="session")
+def realfaces_path() -> Path:
+    if not REALFACES.is_dir():
+        pytest.skip(f"realfaces-dev not found at {REALFACES}")
+    return REALFACES
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from dataset_paths import REALFACES
 from torchvision.ops import box_iou
 
 from server.pipeline.backend import openvino_available
@@ -22,7 +23,6 @@ from server.pipeline.detect import (
 from server.pipeline.detect.blazeface import FRAMING, anchor_centres, to_ssd_framing
 
 pytestmark = pytest.mark.skipif(not openvino_available(), reason="blazeface runs on OpenVINO")
-REALFACES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "realfaces-dev"
 
 
 def chw(img: np.ndarray) -> torch.Tensor:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from dataset_paths import REALFACES
 from PIL import Image
 from server_harness import jpeg
 
@@ -29,7 +30,6 @@ from server.pipeline.decode import decode_image
 from training.data import to_gray
 from training.scoring import resize_faces
 
-REALFACES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "realfaces-dev"
 ONE_LEVEL = 1.001  # float32 rounding on top of PIL's
 EXACT_BOX = CropSpec(margin=0.0, square=False, y_shift=0.0)
 

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dataset_paths import REALFACES
 from PIL import Image
 from server_harness import LiveServer, jpeg, recv_json, run, server_settings
 from websockets.asyncio.client import connect
 
 from shared.protocol import StreamResult
 
-REALFACES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "realfaces-dev"
 #: Two people (one photo each, tight face crops), when the data is beside the checkout.
 PHOTOS = ("happiness/Aaron_Peirsol_0001.jpg", "anger/Billy_Donovan_0001.jpg")
 W, H, SIDE, FRAMES = 640, 480, 120, 60
