@@ -3,16 +3,31 @@
 # on one GPU in under 10 minutes, and leave the checkpoint and its log in $OUT.
 #
 # Here, once:   training/gpu_prep.sh
-# Device tool:  run(command="bash training/gpu_run.sh", carry=[".data", ".whl"], timeout_s=600)
+# Device tool, two calls in a row on the same warm machine (FER2013 does not fit in one call):
+#   run(command="bash training/gpu_run.sh data", carry=[".data/train"], timeout_s=120)
+#   run(command="bash training/gpu_run.sh", carry=[".data/public", ".whl"], timeout_s=600)
 # Back here:    training/gpu_fetch.sh <files_at folder>   (reassembles, evaluates on PublicTest)
 #
 # Returned files must be under 16 MB each, so the fp16 checkpoint comes back in parts.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+FER=/tmp/fer2013  # outside the work tree: kept on the machine between the two calls
+PY=${PYTHON:-python3}
+untar() { $PY -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter='data')" "$@"; }
+if [[ ${1:-train} == data ]]; then
+  mkdir -p "$FER" && untar .data/train/fer-train.tar.xz "$FER" || exit 1
+  echo "Training images on the machine: $(find "$FER/train" -name '*.jpg' | wc -l)"
+  exit 0
+fi
+if [[ ! -d $FER/train ]]; then
+  echo "no $FER/train on this machine: call 'bash training/gpu_run.sh data' (carry .data/train) first," \
+    "then this one at once, while the machine is warm" >&2
+  exit 2
+fi
+untar .data/public/fer-public.tar.xz "$FER" || exit 1
 OUT=${OUT:-/tmp/gpu-out}
 EPOCHS=${EPOCHS:-130}
 mkdir -p "$OUT"
-PY=${PYTHON:-python3}
 if ! $PY -c "import pydantic" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} || exit 1
@@ -22,7 +37,7 @@ RUN=/tmp/gpu-run
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | tee "$OUT/device.txt"
 # The budget is 10 minutes a command: stop cleanly before it, keeping the best epoch so far.
 timeout "${TRAIN_TIMEOUT:-540}" $PY -m training.train \
-  --data .data/fer2013.tar.gz --out "$RUN" \
+  --data "$FER" --out "$RUN" \
   --stem s1 --input-size 48 --epochs "$EPOCHS" --batch-size 128 \
   --opt sgd --lr 0.1 --label-smoothing 0.1 --ema 0.999 --amp auto \
   --device "${DEVICE:-cuda}" ${EXTRA_ARGS:-} 2>&1 | tee "$OUT/train.log" | grep -v '^\s*$' | tail -n 5
