@@ -11,3 +11,5 @@ cp "$SRC"/*.jsonl "$SRC"/*.json "$SRC"/*.log "$SRC"/*.png "$DST/" 2>/dev/null ||
 .venv/bin/emotion-eval --data "${FER2013_PATH:-../shared/data/fer2013.tar.gz}" --split public \
   --checkpoint "$DST/best.safetensors" --out "$DST/eval-public"
 echo "checkpoint: $DST/best.safetensors"
+echo "next (real photos): training/finetune_soup.sh $DST/best.safetensors runs/rc3/crops $DST/soup" \
+  "(crops from python -m training.photo_crops; an s1 stem fine-tunes ~4x slower on the CPU than s1-pool)"
