@@ -18,9 +18,14 @@ CROPS=${2:?usage: $0 INIT CROPS OUT [DATA]}
 OUT=${3:?usage: $0 INIT CROPS OUT [DATA]}
 DATA=${4:-${FER2013_PATH:-../shared/data/fer2013.tar.gz}}
 BIN=${BIN:-$(dirname "$(command -v emotion-train || echo .venv/bin/emotion-train)")}
-read -r STEM SIZE < <("$BIN/python" -c "import sys
-from server.model.checkpoint import read_meta
-m = read_meta(sys.argv[1]); print(m.stem, m.input_size)" "$INIT")
+meta=$("$BIN/python" -c "import sys
+from server.model.checkpoint import CheckpointError, read_meta
+try:
+    m = read_meta(sys.argv[1])
+except CheckpointError as exc:
+    sys.exit(f'INIT: {exc}')
+print(m.stem, m.input_size)" "$INIT")
+read -r STEM SIZE <<<"$meta"
 mkdir -p "$OUT"
 
 finetune() {  # NAME SEED EPOCHS CROP_REPEAT FER_LIMIT

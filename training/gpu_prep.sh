@@ -17,9 +17,12 @@ rm -f .data/fer2013.tar.gz  # the old single-part layout
 if [[ ! -s .data/train/fer-train.tar.xz || ! -s .data/public/fer-public.tar.xz ]]; then
   tmp=$(mktemp -d)
   tar xzf "$FER" -C "$tmp"
-  tar cf - -C "$tmp" --sort=name train | xz -9 -T0 >.data/train/fer-train.tar.xz
-  tar cf - -C "$tmp" --sort=name --exclude='PrivateTest_*' test | xz -9 -T0 >.data/public/fer-public.tar.xz
+  tar cf - -C "$tmp" --sort=name train | xz -9 -T0 >.data/train/fer-train.tar.xz.part
+  tar cf - -C "$tmp" --sort=name --exclude='PrivateTest_*' test | xz -9 -T0 >.data/public/fer-public.tar.xz.part
   rm -rf "$tmp"
+  # complete files only: an interrupted run leaves .part files, never a short archive that looks done
+  mv .data/train/fer-train.tar.xz.part .data/train/fer-train.tar.xz
+  mv .data/public/fer-public.tar.xz.part .data/public/fer-public.tar.xz
 fi
 PIP=${PIP:-.venv/bin/pip}
 pkgs=("$@")
@@ -37,7 +40,7 @@ ok=0
 for call in ".data/train" ".data/public .whl"; do
   # shellcheck disable=SC2086
   total=$((tracked + $(du -cb $call | tail -1 | cut -f1)))
-  printf 'call carrying %-20s %5.1f MiB of 64\n' "$call:" "$(echo "$total / 1048576" | bc -l)"
+  awk -v c="$call:" -v t="$total" 'BEGIN { printf "call carrying %-20s %5.1f MiB of 64\n", c, t / 1048576 }'
   ((total < LIMIT)) || ok=1
 done
 exit $ok
