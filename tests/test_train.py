@@ -8,33 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from synthetic_fer import fer_tree
 
 from server.model.checkpoint import load_checkpoint
 from training import evaluate, train
 
 
-def _dataset(root: Path, classes: dict[str, int]) -> Path:
-    """Tiny FER-layout tree whose classes are visually separable (brightness + stripe pattern)."""
-    rng = np.random.default_rng(0)
-    for k, cls in enumerate(classes):
-        for split, prefix, n in (
-            ("train", "Training", classes[cls]),
-            ("test", "PublicTest", 6),
-            ("test", "PrivateTest", 6),
-        ):
-            d = root / split / cls
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                img = rng.integers(0, 60, (48, 48)) + 60 * k
-                img[:, k * 8 : k * 8 + 6] = 255
-                Image.fromarray(img.astype(np.uint8)).save(d / f"{prefix}_{k}_{i}.jpg")
-    return root
-
-
 @pytest.fixture(scope="module")
 def tiny_fer(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _dataset(
+    return fer_tree(
         tmp_path_factory.mktemp("fer"), {"happy": 40, "neutral": 40, "surprise": 40, "contempt": 5}
     )
 
