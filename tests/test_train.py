@@ -132,3 +132,25 @@ def test_bf16_autocast_on_cpu_trains(tiny_fer: Path, tmp_path: Path) -> None:
     assert summary["best"]["val_acc"] > 0.5  # 3 separable classes: chance is 1/3
     assert train.amp_enabled("off", torch.device("cpu")) is False
     assert train.amp_enabled("auto", torch.device("cpu")) is bool(torch.cpu._is_avx512_bf16_supported())
+
+
+def test_init_from_keeps_the_start_network(tiny_fer: Path, tmp_path: Path) -> None:
+    """--init-from without --stem/--input-size fine-tunes the start's network (its metadata), resumes
+    with the same recipe, and a start that is no checkpoint is a one-line error."""
+    base = ["--data", str(tiny_fer), "--batch-size", "16", "--classes", "happy,neutral", "--ema", "0"]
+    start = tmp_path / "start"
+    first = [*base, "--out", str(start), "--epochs", "1", "--stem", "s1-pool", "--input-size", "40"]
+    train.run(train.get_args_parser().parse_args(first))
+    tune = [*base, "--out", str(tmp_path / "tune"), "--epochs", "2"]
+    tune += ["--init-from", str(start / "best.safetensors")]
+    train.run(train.get_args_parser().parse_args([*tune, "--stop-after", "1"]))
+    train.run(train.get_args_parser().parse_args([*tune, "--resume"]))
+    _, meta = load_checkpoint(tmp_path / "tune" / "best.safetensors")
+    assert (meta.stem, meta.input_size) == ("s1-pool", 40)
+    assert (meta.train_config["stem"], meta.train_config["input_size"]) == ("s1-pool", 40)
+    # from scratch the defaults hold
+    scratch = train.get_args_parser().parse_args([*base, "--out", str(tmp_path / "s")])
+    train.resolve_network(scratch)
+    assert (scratch.stem, scratch.input_size) == (train.DEFAULT_STEM, train.DEFAULT_INPUT_SIZE)
+    with pytest.raises(SystemExit, match=r"--init-from: checkpoint .* not found"):
+        train.run(train.get_args_parser().parse_args([*tune, "--init-from", str(tmp_path / "none")]))

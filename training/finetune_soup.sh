@@ -18,22 +18,20 @@ CROPS=${2:?usage: $0 INIT CROPS OUT [DATA]}
 OUT=${3:?usage: $0 INIT CROPS OUT [DATA]}
 DATA=${4:-${FER2013_PATH:-../shared/data/fer2013.tar.gz}}
 BIN=${BIN:-$(dirname "$(command -v emotion-train || echo .venv/bin/emotion-train)")}
-meta=$("$BIN/python" -c "import sys
-from server.model.checkpoint import CheckpointError, read_meta
-try:
-    m = read_meta(sys.argv[1])
-except CheckpointError as exc:
-    sys.exit(f'INIT: {exc}')
-print(m.stem, m.input_size)" "$INIT")
-read -r STEM SIZE <<<"$meta"
+[[ -f $INIT ]] || { echo "INIT: checkpoint $INIT not found" >&2; exit 1; }
 mkdir -p "$OUT"
 
 finetune() {  # NAME SEED EPOCHS CROP_REPEAT FER_LIMIT
   [[ -f $OUT/$1/best.safetensors ]] && return
+  # INIT's stem and input size are kept (emotion-train reads them from its metadata)
   # shellcheck disable=SC2086
-  "$BIN/emotion-train" --data "$DATA" --init-from "$INIT" --stem "$STEM" --input-size "$SIZE" \
+  if ! "$BIN/emotion-train" --data "$DATA" --init-from "$INIT" \
     --epochs "$3" --lr 0.01 --ema 0 --limit "$5" --seed "$2" --amp auto --out "$OUT/$1" \
-    --extra-train "$CROPS" --extra-repeat "$4" ${FT_ARGS:-} >"$OUT/$1.log" 2>&1
+    --extra-train "$CROPS" --extra-repeat "$4" ${FT_ARGS:-} >"$OUT/$1.log" 2>&1; then
+    echo "$1 failed; the end of $OUT/$1.log:" >&2
+    tail -n 3 "$OUT/$1.log" >&2
+    exit 1
+  fi
   echo "$1: $(tail -n 1 "$OUT/$1/log.jsonl")"
 }
 # 8,000 FER2013 faces per epoch x 3 epochs, crops x2: the photos' side

@@ -23,7 +23,13 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from server.device import resolve_device
-from server.model.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from server.model.checkpoint import (
+    CheckpointError,
+    CheckpointMeta,
+    load_checkpoint,
+    read_meta,
+    save_checkpoint,
+)
 from server.model.resnet import STEMS, build_resnet18
 from server.pipeline.preprocess import normalize
 from shared.emotions import EMOTIONS
@@ -32,6 +38,10 @@ from training.data import FaceDataset, concat, load_dataset
 from training.scoring import predict_proba
 
 MEAN, STD = 0.5, 0.25  # FER2013 pixel mean/std are 0.507/0.255; round numbers are recorded in the checkpoint
+
+#: The network of a run from scratch when ``--stem`` / ``--input-size`` are left out.
+DEFAULT_STEM = "s2"
+DEFAULT_INPUT_SIZE = 48
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -48,8 +58,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--stem", choices=STEMS, default="s2")
-    p.add_argument("--input-size", type=int, default=48)
+    p.add_argument(
+        "--stem", choices=STEMS, help=f"default: the --init-from checkpoint's, else {DEFAULT_STEM}"
+    )
+    p.add_argument(
+        "--input-size", type=int, help=f"default: the --init-from checkpoint's, else {DEFAULT_INPUT_SIZE}"
+    )
     p.add_argument(
         "--train-sizes",
         default="",
@@ -75,7 +89,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--init-from",
         metavar="CHECKPOINT",
-        help="start from these weights (same classes, stem) with a fresh optimizer and schedule",
+        help="start from these weights (same classes) with a fresh optimizer and schedule; their stem and "
+        "input size unless --stem / --input-size are given",
     )
     p.add_argument(
         "--stop-after",
@@ -232,8 +247,25 @@ def main(argv: list[str] | None = None) -> None:
     run(get_args_parser().parse_args(argv))
 
 
+def resolve_network(args: argparse.Namespace) -> None:
+    """Fill in ``--stem`` and ``--input-size`` left out: a fine-tune keeps its start's network
+    (``--init-from``'s metadata), a run from scratch gets the defaults. Resolved before anything
+    reads them, so the recipe saved for ``--resume`` holds the values the run used."""
+    meta = None
+    if args.init_from and (args.stem is None or args.input_size is None):
+        try:
+            meta = read_meta(args.init_from)
+        except CheckpointError as exc:
+            raise SystemExit(f"--init-from: {exc}") from None
+    if args.stem is None:
+        args.stem = meta.stem if meta else DEFAULT_STEM
+    if args.input_size is None:
+        args.input_size = meta.input_size if meta else DEFAULT_INPUT_SIZE
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train as ``args`` say; returns the summary also written to OUT/summary.json."""
+    resolve_network(args)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     if not classes or any(c not in EMOTIONS for c in classes):
         raise SystemExit(f"--classes must be names from {EMOTIONS}")
