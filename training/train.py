@@ -58,11 +58,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--label-smoothing", type=float, default=0.1)
+    # No parser default (SUPPRESS: not shown as "None" either): resolve_network fills them in.
     p.add_argument(
-        "--stem", choices=STEMS, help=f"default: the --init-from checkpoint's, else {DEFAULT_STEM}"
+        "--stem",
+        choices=STEMS,
+        default=argparse.SUPPRESS,
+        help=f"default: the --init-from checkpoint's, else {DEFAULT_STEM}",
     )
     p.add_argument(
-        "--input-size", type=int, help=f"default: the --init-from checkpoint's, else {DEFAULT_INPUT_SIZE}"
+        "--input-size",
+        type=int,
+        default=argparse.SUPPRESS,
+        help=f"default: the --init-from checkpoint's, else {DEFAULT_INPUT_SIZE}",
     )
     p.add_argument(
         "--train-sizes",
@@ -251,16 +258,15 @@ def resolve_network(args: argparse.Namespace) -> None:
     """Fill in ``--stem`` and ``--input-size`` left out: a fine-tune keeps its start's network
     (``--init-from``'s metadata), a run from scratch gets the defaults. Resolved before anything
     reads them, so the recipe saved for ``--resume`` holds the values the run used."""
+    stem, size = getattr(args, "stem", None), getattr(args, "input_size", None)
     meta = None
-    if args.init_from and (args.stem is None or args.input_size is None):
+    if args.init_from and (stem is None or size is None):
         try:
             meta = read_meta(args.init_from)
         except CheckpointError as exc:
             raise SystemExit(f"--init-from: {exc}") from None
-    if args.stem is None:
-        args.stem = meta.stem if meta else DEFAULT_STEM
-    if args.input_size is None:
-        args.input_size = meta.input_size if meta else DEFAULT_INPUT_SIZE
+    args.stem = stem if stem is not None else meta.stem if meta else DEFAULT_STEM
+    args.input_size = size if size is not None else meta.input_size if meta else DEFAULT_INPUT_SIZE
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
