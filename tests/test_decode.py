@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 from server_harness import encode, jpeg_claiming, png_claiming
 
 from server.pipeline.decode import CorruptImage, ImageTooLarge, UnsupportedImage, decode_image, sniff_format
@@ -63,6 +63,61 @@ def test_exif_orientation_is_applied() -> None:
     assert (out.width, out.height) == (20, 40)  # upright: tall
     top, bottom = out.tensor[:, :20].float().mean(), out.tensor[:, 20:].float().mean()
     assert top > 200 and bottom < 50  # the white left half is now on top
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_is_turned_as_pillow_turns_it(astronaut: np.ndarray, orientation: int) -> None:
+    """JPEGs decoded at full size take OpenCV's decoder and numpy's turns; Pillow's exif_transpose
+    is the reference for all eight orientations (a non-square crop, so a wrong turn shows)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(astronaut[:96, :160]).save(buf, "JPEG", exif=exif.tobytes(), quality=90)
+    reference = np.array(ImageOps.exif_transpose(Image.open(io.BytesIO(buf.getvalue()))))
+    out = decode_image(buf.getvalue(), max_pixels=LIMIT)
+    assert np.array_equal(out.tensor.permute(1, 2, 0).numpy(), reference)
+    assert out.tensor.permute(1, 2, 0).is_contiguous()  # HWC memory, as every decode gives
+
+
+@pytest.mark.parametrize("kind", ["colour", "grey", "progressive", "subsampled 4:4:4"])
+def test_full_size_jpegs_decode_to_pillows_pixels(astronaut: np.ndarray, kind: str) -> None:
+    """The faster JPEG decode gives Pillow's pixels exactly (both are libjpeg-turbo, same settings)."""
+    img = Image.fromarray(astronaut)
+    options: dict[str, object] = {"quality": 85}
+    if kind == "grey":
+        img = img.convert("L")
+    elif kind == "progressive":
+        options["progressive"] = True
+    else:
+        options["subsampling"] = 0
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", **options)
+    reference = np.array(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    out = decode_image(buf.getvalue(), max_pixels=LIMIT)
+    assert np.array_equal(out.tensor.permute(1, 2, 0).numpy(), reference)
+    assert out.size is None and (out.width, out.height) == (astronaut.shape[1], astronaut.shape[0])
+
+
+def test_damaged_jpegs_decode_as_pillow_decodes_them(
+    astronaut_jpeg: bytes, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Flipped bits in the scan data decode (as Pillow decodes them) without a word on stderr, which
+    a stream of damaged frames could otherwise flood; bytes after the end marker are ignored; an
+    upload cut short, even by its last two bytes, is refused as corrupt."""
+    sos = astronaut_jpeg.find(b"\xff\xda")
+    damaged = bytearray(astronaut_jpeg)
+    for k in range(5):
+        damaged[sos + 2000 + 997 * k] ^= 0x5A
+    reference = np.array(Image.open(io.BytesIO(bytes(damaged))).convert("RGB"))
+    out = decode_image(bytes(damaged), max_pixels=LIMIT)
+    assert np.array_equal(out.tensor.permute(1, 2, 0).numpy(), reference)
+    assert capfd.readouterr().err == ""
+    trailing = decode_image(astronaut_jpeg + b"\0" * 64 + b"junk", max_pixels=LIMIT)
+    assert np.array_equal(
+        trailing.tensor.numpy(), decode_image(astronaut_jpeg, max_pixels=LIMIT).tensor.numpy()
+    )
+    with pytest.raises(CorruptImage):
+        decode_image(astronaut_jpeg[:-2], max_pixels=LIMIT)
 
 
 def test_pixel_limit_is_checked_from_the_header() -> None:
