@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, Protocol
 
+import torch
+
 from emotion_service.analyzer import EmotionAnalyzer
 from server.config import Settings
 from server.errors import NotReady
@@ -79,8 +81,17 @@ AnalyzerFactory = Callable[[Settings], EmotionAnalyzer]
 
 
 def load_analyzer(settings: Settings) -> EmotionAnalyzer:
-    """Load both models and warm them up (slow: runs on a worker thread)."""
-    return EmotionAnalyzer.from_settings(settings)
+    """Load both models and warm them up (slow: runs on a worker thread).
+
+    Where OpenVINO runs both networks, torch only does the small steps around them (resizes, box
+    decoding, NMS, crops), on tensors too small to gain from threads: at several threads each op
+    pays for waking the others, so the server gives torch one thread unless ``torch_threads``
+    says otherwise (docs/benchmarks.md, "CPU speed: what was chosen and why"). Not done for
+    :class:`EmotionAnalyzer` in general: a library must not change its caller's torch."""
+    analyzer = EmotionAnalyzer.from_settings(settings)
+    if settings.torch_threads is None and analyzer.pipeline.classifier.backend == "openvino":
+        torch.set_num_threads(1)
+    return analyzer
 
 
 def release_free_heap() -> None:

@@ -97,3 +97,24 @@ def test_images_being_decoded_count_in_the_queue_depth(settings: Settings, astro
         await runtime.close()
 
     run(main())
+
+
+@pytest.mark.parametrize(("backend", "threads", "expected"), [("openvino", None, 1), ("openvino", 2, 2)])
+def test_the_server_gives_torch_one_thread_where_openvino_runs_the_networks(
+    tiny_checkpoint: Path, backend: str, threads: int | None, expected: int
+) -> None:
+    """torch only runs the small steps around OpenVINO's networks there, where threads cost more than
+    they give; an explicit ``torch_threads`` wins. The torch backend keeps torch's threads (below)."""
+    pytest.importorskip("openvino")
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)  # neither 1 nor the explicit 2: each outcome is told apart
+        load_analyzer(server_settings(tiny_checkpoint, backend=backend, torch_threads=threads, warmup=False))
+        assert torch.get_num_threads() == expected
+        torch.set_num_threads(3)
+        load_analyzer(server_settings(tiny_checkpoint, backend="torch", torch_threads=None, warmup=False))
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
