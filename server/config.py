@@ -75,7 +75,11 @@ class Settings(BaseSettings):
     )
     decode_threads: int = Field(default_factory=lambda: min(4, os.cpu_count() or 1), ge=1, le=64)
     torch_threads: int | None = Field(
-        default=None, ge=1, le=256, description="torch intra-op threads; default: torch's."
+        default=None,
+        ge=1,
+        le=256,
+        description="torch and OpenVINO threads; default: their own, except torch's 1 where OpenVINO runs "
+        "both networks (the server).",
     )
     backend: Literal["auto", "torch", "openvino"] = Field(
         default="auto",
