@@ -215,7 +215,7 @@ def region_scores(n_photos: int) -> dict[str, float]:
     pipe, options = build_pipeline(settings, "cpu"), default_options(settings)
     with (REALFACES / "labels.csv").open() as f:
         rows = [(r["image"], canonical_emotion(r["emotion"])) for r in csv.DictReader(f)]
-    rows = [(path, label) for path, label in rows if label in pipe.classes]
+    rows = [(path, label) for path, label in rows if label in pipe.classifier.classes]
     rng = np.random.default_rng(0)
     background = cv2.GaussianBlur(rng.integers(60, 200, (480, 640, 3), dtype=np.uint8), (0, 0), 3)
     n = right_whole = right_region = agree = 0
@@ -239,7 +239,7 @@ def region_scores(n_photos: int) -> dict[str, float]:
         if not region:
             continue
         n += 1
-        a, b = (pipe.classes[int(np.argmax(f.probs))] for f in (whole[0], region[0]))
+        a, b = (pipe.classifier.classes[int(np.argmax(f.probs))] for f in (whole[0], region[0]))
         right_whole += a == label
         right_region += b == label
         agree += a == b
