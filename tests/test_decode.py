@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageOps
 from server_harness import encode, jpeg_claiming, png_claiming
 
@@ -118,6 +119,22 @@ def test_damaged_jpegs_decode_as_pillow_decodes_them(
     )
     with pytest.raises(CorruptImage):
         decode_image(astronaut_jpeg[:-2], max_pixels=LIMIT)
+
+
+def test_a_jpeg_simplejpeg_gives_up_on_is_left_to_pillow(
+    astronaut_jpeg: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """simplejpeg is only the fast path: where it raises (a JPEG feature its build lacks, say),
+    Pillow decodes the image, so the answer never depends on which decoder took it."""
+    import simplejpeg
+
+    expected = decode_image(astronaut_jpeg, max_pixels=LIMIT).tensor
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise ValueError("unsupported JPEG process")
+
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", refuse)
+    assert torch.equal(decode_image(astronaut_jpeg, max_pixels=LIMIT).tensor, expected)
 
 
 def test_pixel_limit_is_checked_from_the_header() -> None:

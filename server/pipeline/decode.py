@@ -265,15 +265,17 @@ def _orientation(img: Image.Image) -> int:
         return 1
 
 
-def _decode_jpeg(data: bytes, orientation: int) -> np.ndarray:
+def _decode_jpeg(data: bytes, orientation: int) -> np.ndarray | None:
     """(H, W, 3) upright RGB: libjpeg-turbo through simplejpeg, Pillow's pixels in about half the
     time (it decodes straight into one array, where Pillow decodes in chunks and then copies the
     image out). Recoverable corruption decodes as Pillow decodes it, silently (``strict=False``:
-    libjpeg's warnings would otherwise be errors); EXIF stays Pillow's to read (``orientation``)."""
+    libjpeg's warnings would otherwise be errors); EXIF stays Pillow's to read (``orientation``).
+    None where simplejpeg gives up: Pillow then decodes the image, or reports why it cannot."""
     try:
         rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False, strict=False)
     except ValueError as exc:
-        raise CorruptImage("corrupt JPEG data") from exc
+        log.debug("simplejpeg could not decode a JPEG, Pillow will: %s", exc)
+        return None
     turn = _EXIF_TURNS.get(orientation)
     return rgb if turn is None else np.ascontiguousarray(turn(rgb))
 
@@ -292,12 +294,10 @@ def decode_image(
     """
     start = time.perf_counter()
     img = _open(data, formats, max_pixels)
-    if _whole_jpeg(img, data, work_size):
-        try:
-            orientation = _orientation(img)
-        finally:
-            img.close()
-        tensor = torch.from_numpy(_decode_jpeg(data, orientation)).permute(2, 0, 1)
+    rgb = _decode_jpeg(data, _orientation(img)) if _whole_jpeg(img, data, work_size) else None
+    if rgb is not None:
+        img.close()
+        tensor = torch.from_numpy(rgb).permute(2, 0, 1)
         return DecodedImage(tensor=tensor, decode_ms=(time.perf_counter() - start) * 1000.0)
     try:
         stored = img.size
