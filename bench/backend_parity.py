@@ -1,5 +1,9 @@
 """Accuracy and cost of the server's classifier paths: torch (reference) vs OpenVINO, flip TTA off/on.
 
+A path is ``BACKEND[:PRECISION]`` (``EMOTION_BACKEND``, ``EMOTION_CPU_PRECISION``): ``openvino`` is the
+server's default on the CPU (the checkpoint's int8 build where one sits beside it, else bf16/f32),
+``openvino:float`` the same without int8.
+
 PrivateTest as the server answers ``POST /v1/predict?detect=false`` for a 48x48 crop: each
 face goes through the server's own whole-image crop (to the checkpoint's input size) and
 ``EmotionClassifier.predict``, in batches (batching does not change a face's answer).
@@ -19,7 +23,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -43,7 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     p.add_argument("--data", type=Path, default=FER2013)
-    p.add_argument("--backends", default="torch,openvino")
+    p.add_argument("--backends", default="torch,openvino,openvino:float", help="paths, BACKEND[:PRECISION]")
     p.add_argument("--threads", type=int, default=None, help="torch/OpenVINO threads (default: all)")
     p.add_argument("--iters", type=int, default=60, help="timed batch-1 calls per path")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
@@ -56,14 +59,6 @@ def private_test(data: Path) -> tuple[torch.Tensor, np.ndarray]:
 
     ds = load_dataset(data, size=48).subset("private")
     return torch.from_numpy(ds.images).unsqueeze(1), ds.labels
-
-
-def random_checkpoint(stem: str, size: int, path: Path) -> Path:
-    """An untrained checkpoint with this stem and input size: for timing only (same compute)."""
-    from server.model.checkpoint import CheckpointMeta, build_model, save_checkpoint
-
-    meta = CheckpointMeta(classes=list(EMOTIONS), stem=stem, input_size=size, version="timing-only")
-    return save_checkpoint(path, build_model(meta).eval(), meta)
 
 
 def batch1_ms(paths: dict[str, EmotionClassifier], iters: int) -> dict[str, float]:
@@ -87,7 +82,14 @@ def main(argv: list[str] | None = None) -> None:
     faces48, labels = private_test(args.data)
     backends = args.backends.split(",")
     paths = {
-        (b, tta): EmotionClassifier(args.checkpoint, "cpu", backend=b, threads=args.threads, flip_tta=tta)
+        (b, tta): EmotionClassifier(
+            args.checkpoint,
+            "cpu",
+            backend=b.split(":")[0],
+            threads=args.threads,
+            precision=b.split(":")[1] if ":" in b else "auto",  # type: ignore[arg-type]
+            flip_tta=tta,
+        )
         for b in backends
         for tta in (False, True)
     }
@@ -101,21 +103,13 @@ def main(argv: list[str] | None = None) -> None:
         y = np.array([clf.classes.index(EMOTIONS[i]) for i in labels])
         probs[key], accs[key] = p, float((p.argmax(1).numpy() == y).mean())
         print(key, f"{accs[key]:.4f}", flush=True)
-    timed = {f"{b} tta={t}": clf for (b, t), clf in paths.items()}
-    with tempfile.TemporaryDirectory() as tmp:
-        other = random_checkpoint("s1-pool", 48, Path(tmp) / "s1pool48.safetensors")
-        for b in backends:
-            for tta in (False, True):
-                timed[f"s1-pool@48 {b} tta={tta}"] = EmotionClassifier(
-                    other, "cpu", backend=b, threads=args.threads, flip_tta=tta
-                )
-    ms = batch1_ms(timed, args.iters)
+    ms = batch1_ms({f"{b} tta={t}": clf for (b, t), clf in paths.items()}, args.iters)
     ref = {tta: probs[("torch", tta)] for tta in (False, True) if ("torch", tta) in probs}
     clf0 = next(iter(paths.values()))
     lines = [
-        "| backend | precision | flip TTA | PrivateTest acc | agrees with torch (argmax) "
-        "| max abs prob diff | batch-1 ms/face | s1-pool @ 48 batch-1 ms/face (untrained, timing only) |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| path | precision | flip TTA | PrivateTest acc | agrees with torch (argmax) "
+        "| max abs prob diff | batch-1 ms/face |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for (backend, tta), clf in paths.items():
         p = probs[(backend, tta)]
@@ -126,8 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         precision = getattr(clf.model, "precision", "f32")
         lines.append(
             f"| {backend} | {precision} | {'on' if tta else 'off'} | {accs[(backend, tta)]:.2%} "
-            f"| {agree:.2%} "
-            f"| {diff:.4f} | {ms[f'{backend} tta={tta}']:.2f} | {ms[f's1-pool@48 {backend} tta={tta}']:.2f} |"
+            f"| {agree:.2%} | {diff:.4f} | {ms[f'{backend} tta={tta}']:.2f} |"
         )
     cmd = ("python bench/backend_parity.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     load = os.getloadavg()[0]
@@ -136,8 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         f"`POST /v1/predict?detect=false`, checkpoint {args.checkpoint.name} (stem {clf0.meta.stem}, "
         f"{clf0.input_size} px), on each classifier path. Batch-1 time is `EmotionClassifier.predict` for "
         f"one face, median of {args.iters}, all paths alternating call by call (threads "
-        f"{args.threads or 'default'}, 1-min load average {load:.1f} at the end); the last column is the "
-        "same for the ResNet18 s1-pool stem at 48 px (random weights: the compute of the next model).\n\n"
+        f"{args.threads or 'default'}, 1-min load average {load:.1f} at the end).\n\n"
         + "\n".join(lines)
         + f"\n\nReproduce: `{cmd}`\n"
     )

@@ -62,7 +62,13 @@ SERVER_SCRIPTS = [
 ]
 SERVER_PACKAGES = ["server", "training", "emotion_service"]
 SERVER_PACKAGE_DATA = {
-    "server": ["checkpoints/*.safetensors", "checkpoints/blazeface/*", "checkpoints/ssd-int8/*", "api/web/*"],
+    "server": [
+        "checkpoints/*.safetensors",
+        "checkpoints/*.int8.*",
+        "checkpoints/blazeface/*",
+        "checkpoints/ssd-int8/*",
+        "api/web/*",
+    ],
     "emotion_service": ["py.typed"],
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import cv2
@@ -10,6 +11,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
+from server.model.checkpoint import DEFAULT_CHECKPOINT, int8_build
 from server.pipeline.backend import compile_module, openvino_available, read_int8, resolve_backend
 from server.pipeline.classify import EmotionClassifier
 from server.pipeline.crop import crop_faces
@@ -98,11 +100,15 @@ def test_int8_only_for_its_weights_and_size(caplog: pytest.LogCaptureFixture) ->
 
 
 @needs_openvino
-@pytest.mark.parametrize("precision", ["auto", "f32"])
+@pytest.mark.parametrize("precision", ["int8", "float", "f32"])
 def test_classifier_parity(frames: list[torch.Tensor], precision: str, ov_cache: Path) -> None:
-    """The bundled model's probabilities on real face crops: within 0.03 (bf16) / 1e-4 (f32) of torch."""
+    """The bundled model's probabilities on real face crops against torch: within 1e-4 (f32), 0.03 (the
+    float build: bf16 where the CPU has it) or 0.05 (its int8 build, the default; PrivateTest parity
+    is measured in docs/benchmarks.md)."""
     ref = EmotionClassifier()
-    fast = EmotionClassifier(backend="openvino", precision=precision, cache_dir=ov_cache)  # type: ignore[arg-type]
+    mode = "auto" if precision == "int8" else precision
+    fast = EmotionClassifier(backend="openvino", precision=mode, cache_dir=ov_cache)  # type: ignore[arg-type]
+    assert (fast.model.precision == "int8") is (precision == "int8")  # the shipped build is of these weights
     dets = build_detector("ssd").detect(frames[:4])
     rng = np.random.default_rng(0)
     crops = []
@@ -115,11 +121,28 @@ def test_classifier_parity(frames: list[torch.Tensor], precision: str, ov_cache:
     x = torch.cat(crops)
     assert x.shape[0] == 6 * 9
     p_ref, p_fast = ref.predict(x), fast.predict(x)
-    tol = 1e-4 if precision == "f32" else 0.03
+    tol = {"int8": 0.05, "float": 0.03, "f32": 1e-4}[precision]
     assert float((p_fast - p_ref).abs().max()) <= tol
     assert float((p_fast.argmax(1) == p_ref.argmax(1)).float().mean()) >= 0.95
     one_by_one = torch.cat([fast.predict(x[i : i + 1]) for i in range(5)])
     assert torch.allclose(one_by_one, p_fast[:5], atol=1e-5)  # dynamic batch: same answer alone
+
+
+@needs_openvino
+def test_classifier_int8_only_for_its_weights(
+    tiny_checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A checkpoint's int8 build is read from beside it, and only for the weights it was made from:
+    the bundled build beside other weights is ignored with a warning and the float build runs."""
+    shutil.copy(tiny_checkpoint, tmp_path / "other.safetensors")
+    for suffix in (".xml", ".bin"):
+        shutil.copy(int8_build(DEFAULT_CHECKPOINT).with_suffix(suffix), tmp_path / f"other.int8{suffix}")
+    with caplog.at_level("WARNING"):
+        other = EmotionClassifier(tmp_path / "other.safetensors", backend="openvino")
+    assert other.model.precision != "int8"
+    assert "quantized from other weights" in caplog.text
+    assert EmotionClassifier(backend="openvino").model.precision == "int8"
+    assert EmotionClassifier(backend="openvino", precision="float").model.precision != "int8"
 
 
 def test_flip_tta_averages_the_mirror_image(astronaut: np.ndarray) -> None:

@@ -44,6 +44,12 @@ def test_server_distribution_ships_the_code_checkpoint_and_commands(tmp_path: Pa
     whl = build_wheel(REPO / "packaging" / "server", tmp_path)
     names = whl.namelist()
     assert "server/checkpoints/emotion-resnet18.safetensors" in names
+    # the int8 builds the CPU path runs by default: the classifier's beside it, the face detector's
+    assert {
+        "server/checkpoints/emotion-resnet18.int8.xml",
+        "server/checkpoints/emotion-resnet18.int8.bin",
+    } <= set(names)
+    assert "server/checkpoints/ssd-int8/res10-ssd-int8.bin" in names
     assert "server/checkpoints/blazeface/face_detection_back.tflite" in names  # EMOTION_DETECTOR=blazeface
     assert "server/api/web/index.html" in names and "emotion_service/analyzer.py" in names
     assert not any(n.startswith(("client/", "shared/")) for n in names)  # those come from emotion-service

@@ -4,26 +4,33 @@
 # The GPU machine has torch, torchvision, numpy, pillow, safetensors, scikit-learn, tqdm, matplotlib;
 # it lacks pydantic (the checkpoint format's metadata model). Versions follow this checkout's .venv.
 #
-# A call carries at most 64 MiB, tracked files included (27.5 MB, most of it the bundled checkpoint);
-# all of FER2013 (44 MB) does not fit beside them. So FER2013 travels without PrivateTest (evaluated
-# here, never on the device), xz-compressed, in two calls: .data/train (Training, 34 MB) with the first,
-# .data/public (PublicTest, 4.5 MB) and .whl with the second. See training/gpu_run.sh.
+# A call carries at most 64 MiB, tracked files included (39 MB, most of it the bundled checkpoint and
+# its int8 build); all of FER2013 (44 MB) does not fit beside them. So FER2013 travels without
+# PrivateTest (evaluated here, never on the device), xz-compressed, in three calls: the Training archive
+# (34 MB) in two halves, .data/train-0 and .data/train-1, then .data/public (PublicTest, 4.5 MB) with
+# .whl. See training/gpu_run.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LIMIT=$((64 * 1024 * 1024))
 FER=${FER2013_PATH:-../shared/data/fer2013.tar.gz}
-mkdir -p .data/train .data/public .whl
-rm -f .data/fer2013.tar.gz  # the old single-part layout
-if [[ ! -s .data/train/fer-train.tar.xz || ! -s .data/public/fer-public.tar.xz ]]; then
+mkdir -p .data/public .whl
+rm -rf .data/fer2013.tar.gz .data/train  # the old one- and two-call layouts
+if [[ ! -s .data/fer-train.tar.xz || ! -s .data/public/fer-public.tar.xz ]]; then
   tmp=$(mktemp -d)
   tar xzf "$FER" -C "$tmp"
-  tar cf - -C "$tmp" --sort=name train | xz -9 -T0 >.data/train/fer-train.tar.xz.part
+  tar cf - -C "$tmp" --sort=name train | xz -9 -T0 >.data/fer-train.tar.xz.part
   tar cf - -C "$tmp" --sort=name --exclude='PrivateTest_*' test | xz -9 -T0 >.data/public/fer-public.tar.xz.part
   rm -rf "$tmp"
   # complete files only: an interrupted run leaves .part files, never a short archive that looks done
-  mv .data/train/fer-train.tar.xz.part .data/train/fer-train.tar.xz
+  mv .data/fer-train.tar.xz.part .data/fer-train.tar.xz
   mv .data/public/fer-public.tar.xz.part .data/public/fer-public.tar.xz
 fi
+# The Training archive in two halves, one per call (gpu_run.sh joins them): byte ranges of the file.
+size=$(stat -c %s .data/fer-train.tar.xz)
+half=$(((size + 1) / 2))
+mkdir -p .data/train-0 .data/train-1
+head -c "$half" .data/fer-train.tar.xz >.data/train-0/fer-train.tar.xz.0
+tail -c +"$((half + 1))" .data/fer-train.tar.xz >.data/train-1/fer-train.tar.xz.1
 PIP=${PIP:-.venv/bin/pip}
 pkgs=("$@")
 [[ ${#pkgs[@]} -gt 0 ]] || pkgs=(pydantic pydantic-core annotated-types typing-inspection)
@@ -37,7 +44,7 @@ for p in "${pkgs[@]}"; do
 done
 tracked=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
 ok=0
-for call in ".data/train" ".data/public .whl"; do
+for call in ".data/train-0" ".data/train-1" ".data/public .whl"; do
   # shellcheck disable=SC2086
   total=$((tracked + $(du -cb $call | tail -1 | cut -f1)))
   awk -v c="$call:" -v t="$total" 'BEGIN { printf "call carrying %-20s %5.1f MiB of 64\n", c, t / 1048576 }'

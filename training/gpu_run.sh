@@ -3,25 +3,34 @@
 # on one GPU in under 10 minutes, and leave the checkpoint and its log in $OUT.
 #
 # Here, once:   training/gpu_prep.sh
-# Device tool, two calls in a row on the same warm machine (FER2013 does not fit in one call):
-#   run(command="bash training/gpu_run.sh data", carry=[".data/train"], timeout_s=120)
+# Device tool, three calls in a row on the same warm machine (FER2013 does not fit in one call):
+#   run(command="bash training/gpu_run.sh data", carry=[".data/train-0"], timeout_s=120)
+#   run(command="bash training/gpu_run.sh data", carry=[".data/train-1"], timeout_s=120)
 #   run(command="bash training/gpu_run.sh", carry=[".data/public", ".whl"], timeout_s=600)
 # Back here:    training/gpu_fetch.sh <files_at folder>   (reassembles, evaluates on PublicTest)
 #
 # Returned files must be under 16 MB each, so the fp16 checkpoint comes back in parts.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-FER=/tmp/fer2013  # outside the work tree: kept on the machine between the two calls
+FER=/tmp/fer2013  # outside the work tree: kept on the machine between the calls
+PARTS=/tmp/fer-train-parts
 PY=${PYTHON:-python3}
 untar() { $PY -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter='data')" "$@"; }
 if [[ ${1:-train} == data ]]; then
-  mkdir -p "$FER" && untar .data/train/fer-train.tar.xz "$FER" || exit 1
-  echo "Training images on the machine: $(find "$FER/train" -name '*.jpg' | wc -l)"
+  # keep whichever half of the Training archive this call carried; join them once both are here
+  mkdir -p "$PARTS" && cp .data/train-*/fer-train.tar.xz.* "$PARTS/" || exit 1
+  if [[ -s $PARTS/fer-train.tar.xz.0 && -s $PARTS/fer-train.tar.xz.1 ]]; then
+    mkdir -p "$FER" && cat "$PARTS"/fer-train.tar.xz.0 "$PARTS"/fer-train.tar.xz.1 >/tmp/fer-train.tar.xz \
+      && untar /tmp/fer-train.tar.xz "$FER" || exit 1
+    echo "Training images on the machine: $(find "$FER/train" -name '*.jpg' | wc -l)"
+  else
+    echo "Training archive halves on the machine: $(cd "$PARTS" && ls); now the other half"
+  fi
   exit 0
 fi
 if [[ ! -d $FER/train ]]; then
-  echo "no $FER/train on this machine: call 'bash training/gpu_run.sh data' (carry .data/train) first," \
-    "then this one at once, while the machine is warm" >&2
+  echo "no $FER/train on this machine: call 'bash training/gpu_run.sh data' carrying .data/train-0, then" \
+    "carrying .data/train-1, then this one at once, while the machine is warm" >&2
   exit 2
 fi
 untar .data/public/fer-public.tar.xz "$FER" || exit 1

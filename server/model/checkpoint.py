@@ -139,6 +139,12 @@ def load_checkpoint(
     return model.to(device).eval(), meta
 
 
+def int8_build(checkpoint: str | Path) -> Path:
+    """Where a checkpoint's int8 OpenVINO build sits, if it has one: beside it, ``NAME.int8.xml``
+    (made by ``python -m training.quantize_classifier``; the server reads it only for these weights)."""
+    return Path(checkpoint).with_suffix(".int8.xml")
+
+
 def file_digest(path: str | Path) -> str:
     """Short content hash, used as the model version the API reports."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]

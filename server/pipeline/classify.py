@@ -6,7 +6,13 @@ from pathlib import Path
 
 import torch
 
-from server.model.checkpoint import DEFAULT_CHECKPOINT, CheckpointMeta, file_digest, load_checkpoint
+from server.model.checkpoint import (
+    DEFAULT_CHECKPOINT,
+    CheckpointMeta,
+    file_digest,
+    int8_build,
+    load_checkpoint,
+)
 from server.pipeline.backend import Precision, compile_module
 from server.pipeline.preprocess import normalize
 
@@ -18,7 +24,9 @@ class EmotionClassifier:
     probabilities are (N, C) in ``meta.classes`` order. With ``flip_tta`` each crop's
     probabilities are averaged with its mirror image's (one batch of 2N), as
     ``emotion-eval --tta flip`` does. ``cache_dir`` keeps the OpenVINO build of the model
-    (:func:`~server.pipeline.backend.compile_module`).
+    (:func:`~server.pipeline.backend.compile_module`). With OpenVINO and ``precision="auto"``, the
+    checkpoint's int8 build runs where one sits beside it
+    (:func:`~server.model.checkpoint.int8_build`) and was made from these weights.
     """
 
     def __init__(
@@ -42,7 +50,9 @@ class EmotionClassifier:
         self.backend = backend
         size = self.meta.input_size
         example = torch.zeros((1, self.meta.in_channels, size, size), device=self.device)
-        self.model = compile_module(self.model, example, backend, threads, precision, cache_dir)
+        self.model = compile_module(
+            self.model, example, backend, threads, precision, cache_dir, int8=int8_build(checkpoint)
+        )
 
     @property
     def classes(self) -> list[str]:
