@@ -309,6 +309,23 @@ def run_phases(args: argparse.Namespace) -> tuple[list[Phase], dict[str, Any]]:
 # ----------------------------------------------------------------------------- report
 
 
+def cpu_isa() -> str:
+    """The CPU's vector extensions that pick OpenVINO's kernels (int8 without VNNI is slower; bf16
+    needs AVX-512 BF16 or AMX, else the float build runs in f32): numbers differ with them."""
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        return "unknown ISA"
+    names = {"avx2": "AVX2", "avx_vnni": "AVX-VNNI", "avx512f": "AVX-512", "avx512_vnni": "VNNI"}
+    names |= {"avx512_bf16": "BF16", "amx_tile": "AMX"}
+    have = [name for flag, name in names.items() if flag in flags]
+    return " ".join(have) if have else "no AVX2"
+
+
 def machine() -> str:
     import torch
 
@@ -321,7 +338,10 @@ def machine() -> str:
     except OSError:
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{cpu}, {os.cpu_count()} logical CPUs; torch {torch.__version__}; 1-min load average {load:.1f}"
+    return (
+        f"{cpu} ({cpu_isa()}), {os.cpu_count()} logical CPUs; torch {torch.__version__}; "
+        f"1-min load average {load:.1f}"
+    )
 
 
 def table(phases: list[Phase]) -> str:

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from docsection import write_section  # bench/ is on sys.path when run as a script
+from bench_server import cpu_isa  # bench/ is on sys.path when run as a script
+from docsection import write_section
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -101,7 +102,8 @@ def network_inputs() -> dict[str, tuple[OpenVINOModule, Any]]:
 def measure(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     with_counters()
     nets = network_inputs()
-    requests = {name: model.compiled.create_infer_request() for name, (model, _) in nets.items()}
+    # batch-1 inputs: the build the server runs for them (OpenVINOModule.compiled_one)
+    requests = {name: model.compiled_one.create_infer_request() for name, (model, _) in nets.items()}
     wall: dict[str, list[float]] = collections.defaultdict(list)
     kinds: dict[str, collections.Counter[tuple[str, ...]]] = collections.defaultdict(collections.Counter)
     layers: dict[str, collections.Counter[tuple[str, ...]]] = collections.defaultdict(collections.Counter)
@@ -144,7 +146,7 @@ def layer_names(model: OpenVINOModule) -> dict[str, str]:
     (a convolution with its batch norm becomes ``Multiply_5561``); the first torch layer it was
     made from names it instead: ``layer4.1.conv2+bn2`` (the norm folded into the convolution)."""
     names = {}
-    for op in model.compiled.get_runtime_model().get_ops():
+    for op in model.compiled_one.get_runtime_model().get_ops():
         made_from = op.get_rt_info()["originalLayersNames"].astype(str).split(",")
         torch_layers = [short(n) for n in made_from if "/aten::" in n]
         name = torch_layers[0] if torch_layers else short(op.get_friendly_name())
@@ -180,7 +182,7 @@ def report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
     load = os.getloadavg()[0]
     cmd = ("python bench/network_layers.py " + " ".join(sys.argv[1:])).strip()
     parts.append(
-        f"Machine: {os.cpu_count()} logical CPUs; torch {torch.__version__}; "
+        f"Machine: {cpu_isa()}, {os.cpu_count()} logical CPUs; torch {torch.__version__}; "
         f"1-min load average {load:.1f}.\n\n"
         f"Reproduce: `{cmd}`\n"
     )

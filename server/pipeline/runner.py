@@ -179,7 +179,7 @@ class Pipeline:
         return results
 
     def warmup(self) -> None:
-        """One dummy batch through both models (both crop paths), so the first request is not slow."""
+        """Dummy batches through both models (both crop paths), so the first request is not slow."""
         rng = np.random.default_rng(0)
         noise = torch.from_numpy(rng.integers(0, 256, (3, 480, 640), dtype=np.uint8))
         image = DecodedImage(tensor=noise, decode_ms=0.0)
@@ -189,6 +189,7 @@ class Pipeline:
         if self.region_detector is not None:
             jobs.append(Job(image, any_box, regions=torch.tensor([[100.0, 100.0, 260.0, 260.0]])))
         self.run(jobs)
+        self.run([Job(image, whole)])  # batches of one too: the CPU backend builds them apart
 
 
 def build_pipeline(settings: Settings, device: str) -> Pipeline:
