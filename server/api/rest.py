@@ -87,7 +87,8 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any]
     data_fingerprint: str
     precision: str | None = Field(
-        default=None, description="What the classifier computes in (bf16, f32, float32...); null until ready."
+        default=None,
+        description="What the classifier computes in (int8, bf16, f32, float32...); null until ready.",
     )
 
 
