@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from server.config import Settings  # noqa: E402
 from server.pipeline.backend import Precision, compile_module, resolve_backend  # noqa: E402
-from server.pipeline.detect import SSD_INT8, DetectorOptions, SSDFaceDetector, build_detector  # noqa: E402
+from server.pipeline.detect import DetectorOptions, SSDFaceDetector, build_detector, ssd_int8_build  # noqa: E402
 from server.pipeline.types import FaceDetector  # noqa: E402
 
 SECTION = "## Smallest face found"
@@ -123,7 +123,12 @@ def detector_at(spec: str, threshold: float, backend: str) -> FaceDetector:
     example = det.preprocess([torch.zeros((3, height, width), dtype=torch.uint8)])
     mode: Precision = "float" if precision == "float" else "auto"
     det.model = compile_module(
-        det.model, example, backend, precision=mode, cache_dir=Settings().cache_dir, int8=SSD_INT8
+        det.model,
+        example,
+        backend,
+        precision=mode,
+        cache_dir=Settings().cache_dir,
+        int8=ssd_int8_build((width, height)),
     )
     return det
 

@@ -15,7 +15,7 @@ from server.model.checkpoint import DEFAULT_CHECKPOINT, int8_build
 from server.pipeline.backend import compile_module, openvino_available, read_int8, resolve_backend
 from server.pipeline.classify import EmotionClassifier
 from server.pipeline.crop import crop_faces
-from server.pipeline.detect import SSD_INT8, SSDFaceDetector, build_detector
+from server.pipeline.detect import SSD_INT8, DetectorOptions, SSDFaceDetector, build_detector, ssd_int8_build
 
 needs_openvino = pytest.mark.skipif(not openvino_available(), reason="openvino not installed")
 
@@ -77,6 +77,33 @@ def test_ssd_parity(frames: list[torch.Tensor], precision: str, ov_cache: Path) 
                 iou = box_iou(e.boxes, g.boxes)
                 assert float(iou.max(1).values.min()) >= min_iou
                 assert torch.allclose(g.scores, e.scores, atol=atol)
+
+
+@needs_openvino
+def test_region_pass_int8_parity(frames: list[torch.Tensor], ov_cache: Path) -> None:
+    """The streams' region pass (the SSD at ``ROI_INPUT`` on a square around each face) runs its own
+    shipped int8 build and finds each face as torch does there: IoU >= 0.85, score within 0.05."""
+    from server.pipeline.roi import ROI_INPUT, search_regions
+
+    options = DetectorOptions(input_size=ROI_INPUT)
+    ref, fast = build_detector("ssd", options), build_detector("ssd", options)
+    assert isinstance(fast, SSDFaceDetector)
+    w, h = ROI_INPUT
+    example = fast.preprocess([torch.zeros((3, h, w), dtype=torch.uint8)])
+    build = ssd_int8_build(ROI_INPUT)
+    assert build != SSD_INT8 and build.is_file()
+    fast.model = compile_module(fast.model, example, "openvino", cache_dir=ov_cache, int8=build)
+    assert fast.model.precision == "int8"
+    regions = []
+    for img, det in zip(frames[:4], build_detector("ssd").detect(frames[:4]), strict=True):
+        _, height, width = img.shape
+        for x1, y1, x2, y2 in search_regions(det.boxes, width, height).int().tolist():
+            regions.append(img[:, y1:y2, x1:x2])
+    assert len(regions) == 6
+    for want, got in zip(ref.detect(regions, max_faces=1), fast.detect(regions, max_faces=1), strict=True):
+        assert len(want) == len(got) == 1
+        assert float(box_iou(want.boxes, got.boxes)[0, 0]) >= 0.85
+        assert abs(float(want.scores[0]) - float(got.scores[0])) <= 0.05
 
 
 @needs_openvino

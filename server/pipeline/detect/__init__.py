@@ -30,7 +30,7 @@ from server.pipeline.detect.options import (
     DetectorOptions,
     resolve_detector,
 )
-from server.pipeline.detect.ssd import SSD_INT8, SSDFaceDetector
+from server.pipeline.detect.ssd import SSD_INT8, SSDFaceDetector, ssd_int8_build
 from server.pipeline.types import Detections, FaceDetector
 
 
@@ -77,4 +77,5 @@ __all__ = [
     "build_detector",
     "locate_weights",
     "resolve_detector",
+    "ssd_int8_build",
 ]
