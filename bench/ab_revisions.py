@@ -5,7 +5,8 @@ there by a real ``emotion-server`` subprocess (this checkout's interpreter and p
 configuration, plus ``--env``); ``NAME=.`` serves this working tree as it is. Requests go to the
 servers in turn, frame by frame, the order reversed every other round, so background load hits
 all alike: ``bench/vs_fer.py``'s frames (one face, three faces, no face). Prints medians, p95, the
-ratio to the first revision and each server's own median stage timings.
+ratio to the first revision and each server's own median stage timings, and each server's RSS when
+ready (idle) and after the requests.
 
     python bench/ab_revisions.py --rev before=HEAD~3 --rev after=.
     python bench/ab_revisions.py --rev a=. --rev b=. --env-for b:EMOTION_STREAM_REDETECT_EVERY=1
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
                 tree = export(rev, Path(tmp) / name) if rev != "." else REPO
                 own = dict(e.split(":", 1)[1].split("=", 1) for e in args.env_for if e.startswith(name + ":"))
                 servers[name] = ServerProcess(env={**env, **own}, repo=tree).start()
+            idle = {n: s.rss_mb() for n, s in servers.items()}  # ready, before any request
             clients = {n: httpx.Client(base_url=s.url, timeout=60) for n, s in servers.items()}
             headers = {"content-type": "image/jpeg"}
             for i in range(args.warmup + args.iters):
@@ -87,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
                         if i >= args.warmup:
                             ms[(name, frame)].append(took)
                             stages[(name, frame)].append(resp.json()["timing_ms"])
+            after = {n: s.rss_mb() for n, s in servers.items()}
         finally:
             for s in servers.values():
                 s.stop()
@@ -109,6 +112,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"{statistics.median(v) / first:.2f} | "
                 f"{st['decode']:.1f} / {st['detect']:.1f} / {st['classify']:.1f} / {st['total']:.1f} |"
             )
+    print("\n| revision | idle RSS MiB | RSS after MiB |\n| --- | ---: | ---: |")
+    for name, rev in revs.items():
+        print(f"| {name} ({rev}) | {idle[name]:.0f} | {after[name]:.0f} |")
 
 
 if __name__ == "__main__":

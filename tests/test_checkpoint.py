@@ -80,3 +80,33 @@ def test_foreign_or_invalid_metadata_is_refused(tmp_path: Path) -> None:
         read_meta(path)
     with pytest.raises(CheckpointError, match="not found"):
         read_meta(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("stem", ["s1", "s1-pool", "s2"])
+def test_resnet18_is_torchvisions(stem: str) -> None:
+    """The project's ResNet18 (written out so the server never imports torchvision) is torchvision's:
+    the same parameter names, random initialisation for a seed, repr (part of the key an int8 build
+    records, server.pipeline.backend.module_key) and outputs for the same weights."""
+    from torchvision.models import resnet18
+    from torchvision.models.resnet import BasicBlock
+
+    torch.manual_seed(3)
+    theirs = resnet18(weights=None, num_classes=7)
+    theirs.conv1 = torch.nn.Conv2d(1, 64, 3, stride=2 if stem == "s2" else 1, padding=1, bias=False)
+    if stem != "s1-pool":
+        theirs.maxpool = torch.nn.Identity()
+    for m in theirs.modules():
+        if isinstance(m, BasicBlock):
+            torch.nn.init.zeros_(m.bn2.weight)
+    torch.manual_seed(3)
+    ours = build_resnet18(7, 1, stem)
+    a, b = theirs.state_dict(), ours.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert repr(theirs) == repr(ours)
+    with torch.no_grad():
+        for m in ours.modules():  # non-trivial residual branches, so every layer counts
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 1, 48, 48)
+    assert torch.equal(theirs.eval()(x), ours.eval()(x))

@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torchvision.ops import box_iou, nms
 
+from server.pipeline.boxes import box_iou, nms
 from server.pipeline.types import Detections, FaceDetector
 
 #: Detector input (width, height) for one region. A region is ``CONTEXT`` face sides wide, so the

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torchvision.ops import batched_nms
 
+from server.pipeline.boxes import batched_nms
 from server.pipeline.detect.specs import OutputSpec
 
 
