@@ -123,8 +123,7 @@ def parity(threshold: float = 0.05) -> None:
     """Every detection above ``threshold`` (weak ones too), torch vs cv2.dnn, both input sizes."""
     import tempfile
 
-    from torchvision.ops import box_iou
-
+    from server.pipeline.boxes import box_iou
     from server.pipeline.detect import SSDFaceDetector
     from server.pipeline.detect.layouts import prototxt_for_layout
 

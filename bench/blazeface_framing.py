@@ -20,11 +20,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torchvision.ops import box_iou
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from server.pipeline.boxes import box_iou  # noqa: E402
 from server.pipeline.detect import DetectorOptions, build_detector  # noqa: E402
 from server.pipeline.detect.blazeface import FRAMING, BlazeFaceDetector, to_ssd_framing  # noqa: E402
 

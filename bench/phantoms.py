@@ -39,8 +39,8 @@ START, END = "<!-- phantoms:start -->", "<!-- phantoms:end -->"
 def provenance(photos_dir: Path, limit: int, layout: str) -> list[str]:
     """Where the SSD's boxes above 0.5 (after NMS) come from: head layer, cell, prior overlap."""
     import numpy as np
-    from torchvision.ops import box_iou
 
+    from server.pipeline.boxes import box_iou
     from server.pipeline.decode import decode_image
     from server.pipeline.detect import SSDFaceDetector, locate_weights
     from server.pipeline.detect.nms import select_detections

@@ -69,7 +69,7 @@ def photos(data: Path, n: int) -> tuple[list[np.ndarray], str]:
 
 
 def iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    from torchvision.ops import box_iou
+    from server.pipeline.boxes import box_iou
 
     return box_iou(a.view(-1, 4), b.view(-1, 4)).flatten()
 

@@ -203,10 +203,10 @@ def region_scores(n_photos: int) -> dict[str, float]:
     import cv2
     import torch
     from smallest_face import REALFACES
-    from torchvision.ops import box_iou
 
     from server.api.options import default_options
     from server.config import Settings
+    from server.pipeline.boxes import box_iou
     from server.pipeline.decode import DecodedImage
     from server.pipeline.roi import RegionPlanner
     from server.pipeline.runner import Job, build_pipeline

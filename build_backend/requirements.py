@@ -12,8 +12,9 @@ from typing import Any
 #: Both sides: the wire schemas.
 BASE = ["pydantic>=2.6"]
 # torch/torchvision are left unpinned here so CUDA images can bring their own build; the README pins
-# the versions this project is tested with.
-MODEL = ["numpy>=1.26", "torch>=2.4", "torchvision>=0.19", "safetensors>=0.4", "pillow>=10"]
+# the versions this project is tested with. The server does not use torchvision (importing it costs
+# ~165 MiB of RSS: server/model/resnet.py); training does (its augmentation).
+MODEL = ["numpy>=1.26", "torch>=2.4", "safetensors>=0.4", "pillow>=10"]
 SERVER = [
     "fastapi>=0.115",
     "uvicorn[standard]>=0.30",
@@ -30,8 +31,9 @@ SERVER = [
     "openvino>=2025.0",
     "fastapi-offline>=1.7",  # Swagger UI / ReDoc assets in the wheel: /docs works without internet
 ]
-# nncf: int8 post-training quantization of the face detector (training.quantize_ssd), offline only.
-TRAIN = ["scikit-learn>=1.4", "tqdm>=4.66", "matplotlib>=3.8", "nncf>=2.14"]
+# nncf: int8 post-training quantization of the networks (training.quantize_ssd, training.quantize_classifier),
+# offline only.
+TRAIN = ["torchvision>=0.19", "scikit-learn>=1.4", "tqdm>=4.66", "matplotlib>=3.8", "nncf>=2.14"]
 # The lean remote client (43 MB venv, docs/client.md): REST predict, batch jobs against a server,
 # the WebSocket, the schemas. `webcam` adds capture (webcam, video files, image folders) with PyAV,
 # which bundles FFmpeg and needs no numpy; the window is Python's own tkinter. `camera` is the
