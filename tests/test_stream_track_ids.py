@@ -14,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from dataset_paths import REALFACES
 from PIL import Image
 from server_harness import LiveServer, jpeg, recv_json, run, server_settings
 from websockets.asyncio.client import connect
 
+from server.pipeline.detect import build_detector
 from shared.protocol import StreamResult
 
 #: Two people (one photo each, tight face crops), when the data is beside the checkout.
@@ -30,8 +32,8 @@ A, B = 1, 2  # labels in the ownership map; 0 is background
 @dataclass
 class Scene:
     frames: list[np.ndarray]
-    owner: list[np.ndarray]  # per frame, (H, W) label of the face drawn at each pixel
-    present: dict[int, list[bool]]  # per face: at least half of it inside the frame
+    owner: list[np.ndarray]  # per frame, (H, W) label of the face (its detector box) drawn at each pixel
+    present: dict[int, list[bool]]  # per face: at least half of its tile inside the frame
 
 
 def face_tiles(astronaut: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -57,9 +59,23 @@ def positions(f: int) -> dict[int, tuple[int, int]]:
     return {A: (int(ax), int(ay)), B: (int(bx), int(ay + 60))}
 
 
+def face_in_tile(tile: np.ndarray) -> tuple[int, int, int, int]:
+    """Where the server's detector puts the face in ``tile`` (tile pixels), seen alone in a frame."""
+    frame = np.full((H, W, 3), 110, np.uint8)
+    frame[200 : 200 + SIDE, 260 : 260 + SIDE] = tile
+    boxes = build_detector("ssd").detect([torch.from_numpy(frame).permute(2, 0, 1)])[0].boxes
+    assert len(boxes) == 1
+    x1, y1, x2, y2 = boxes[0].round().int().tolist()
+    return x1 - 260, y1 - 200, x2 - 260, y2 - 200
+
+
 def build_scene(a: np.ndarray, b: np.ndarray) -> Scene:
+    """The frames, and which face each pixel belongs to: the pixels of a face's detector box, B's over
+    A's (its tile is in front). Owning whole tiles instead put A's box centre on B's tile where B's
+    tile covers the lower part of A's (frame 15 with the astronaut and her mirror image)."""
     frames, owner = [], []
     present: dict[int, list[bool]] = {A: [], B: []}
+    faces = {A: face_in_tile(a), B: face_in_tile(b)}
     for f in range(FRAMES):
         frame = np.full((H, W, 3), 110, np.uint8)
         labels = np.zeros((H, W), np.uint8)
@@ -70,7 +86,8 @@ def build_scene(a: np.ndarray, b: np.ndarray) -> Scene:
             present[label].append(inside >= SIDE * SIDE / 2)
             if inside:
                 frame[y0:y1, x0:x1] = tile[y0 - y : y1 - y, x0 - x : x1 - x]
-                labels[y0:y1, x0:x1] = label
+                fx1, fy1, fx2, fy2 = faces[label]
+                labels[max(y + fy1, 0) : max(y + fy2, 0), max(x + fx1, 0) : max(x + fx2, 0)] = label
         frames.append(frame)
         owner.append(labels)
     return Scene(frames, owner, present)
