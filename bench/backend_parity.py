@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from docsection import write_section  # bench/ is on sys.path when run as a script
+from bench_server import machine  # bench/ is on sys.path when run as a script
+from docsection import write_section
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         f"one face, median of {args.iters}, all paths alternating call by call (threads "
         f"{args.threads or 'default'}, 1-min load average {load:.1f} at the end).\n\n"
         + "\n".join(lines)
-        + f"\n\nReproduce: `{cmd}`\n"
+        + f"\n\nMachine: {machine()}.\n\nReproduce: `{cmd}`\n"
     )
     print(body)
     if not args.no_write:
