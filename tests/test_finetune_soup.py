@@ -56,6 +56,7 @@ def test_four_fine_tunes_averaged_and_scored(tmp_path: Path) -> None:
         assert (out / name / "best.safetensors").is_file()
         assert json.loads((out / name / "log.jsonl").read_text().splitlines()[-1])["epoch"] == 1
     meta = read_meta(out / "soup.safetensors")
+    assert (out / "soup.int8.xml").is_file() and (out / "soup.int8.bin").is_file()  # the CPU's build
     assert (meta.stem, meta.input_size) == ("s1-pool", 40)  # the start's network, from its metadata
     sources = meta.train_config["averaged"]
     assert [s["checkpoint"].split(" ")[0] for s in sources] == ["best.safetensors"] * 4

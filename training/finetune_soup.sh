@@ -8,7 +8,7 @@
 #
 # INIT  base weights, e.g. a long run's best.safetensors (its stem and input size are kept)
 # CROPS python -m training.photo_crops ... --out DIR  ->  DIR/crops
-# OUT   folder: OUT/<fine-tune>/, OUT/soup.safetensors, OUT/eval-public/
+# OUT   folder: OUT/<fine-tune>/, OUT/soup.safetensors and its CPU int8 build OUT/soup.int8.xml, OUT/eval-public/
 # DATA  FER2013 (default $FER2013_PATH or ../shared/data/fer2013.tar.gz)
 # A fine-tune that finished is kept, so a stopped run goes on where it was. FT_ARGS: more
 # emotion-train arguments, appended (smoke tests). ~30 minutes on 2 CPU cores.
@@ -44,3 +44,6 @@ finetune full-r3-seed1 1 2 3 0
   --out "$OUT/soup.safetensors"
 "$BIN/emotion-eval" --data "$DATA" --split public --tta none --checkpoint "$OUT/soup.safetensors" \
   --out "$OUT/eval-public" --no-progress
+# its int8 build beside it, which the server runs on CPUs (training.quantize_classifier)
+"$BIN/python" -m training.quantize_classifier --data "$DATA" --checkpoint "$OUT/soup.safetensors" >"$OUT/int8.log" 2>&1 \
+  || { echo "int8 build failed; the end of $OUT/int8.log:" >&2; tail -n 3 "$OUT/int8.log" >&2; exit 1; }
