@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from server.model.checkpoint import DEFAULT_CHECKPOINT, int8_build, load_checkpoint
+from server.model.checkpoint import DEFAULT_CHECKPOINT, int8_build, load_checkpoint, read_meta
 from server.pipeline.preprocess import normalize
 from training.data import load_dataset
 from training.int8 import quantize_to_ir
@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=2000, help="calibration faces")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    meta_size = load_checkpoint(args.checkpoint)[1].input_size
-    faces = calibration_faces(args.data, meta_size, args.n, args.seed)
+    faces = calibration_faces(args.data, read_meta(args.checkpoint).input_size, args.n, args.seed)
     out = args.out or int8_build(args.checkpoint)
     made = quantize_classifier(args.checkpoint, faces, out, str(args.data))
     print(json.dumps(made, indent=2), f"-> {out}", sep="\n")
