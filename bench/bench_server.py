@@ -309,17 +309,13 @@ def run_phases(args: argparse.Namespace) -> tuple[list[Phase], dict[str, Any]]:
 # ----------------------------------------------------------------------------- report
 
 
-def cpu_isa() -> str:
+def cpu_isa(cpuinfo: str) -> str:
     """The CPU's vector extensions that pick OpenVINO's kernels (int8 without VNNI is slower; bf16
     needs AVX-512 BF16 or AMX, else the float build runs in f32): numbers differ with them."""
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
+    line = next((x for x in cpuinfo.splitlines() if x.startswith("flags")), None)
+    if line is None:
         return "unknown ISA"
+    flags = set(line.split(":", 1)[1].split())
     names = {"avx2": "AVX2", "avx_vnni": "AVX-VNNI", "avx512f": "AVX-512", "avx512_vnni": "VNNI"}
     names |= {"avx512_bf16": "BF16", "amx_tile": "AMX"}
     have = [name for flag, name in names.items() if flag in flags]
@@ -329,17 +325,16 @@ def cpu_isa() -> str:
 def machine() -> str:
     import torch
 
-    cpu = platform.processor() or "unknown CPU"
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
+        cpuinfo = ""
+    names = (x.split(":", 1)[1].strip() for x in cpuinfo.splitlines() if x.startswith("model name"))
+    model = next(names, None)
+    cpu = model or platform.processor() or "unknown CPU"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (
-        f"{cpu} ({cpu_isa()}), {os.cpu_count()} logical CPUs; torch {torch.__version__}; "
+        f"{cpu} ({cpu_isa(cpuinfo)}), {os.cpu_count()} logical CPUs; torch {torch.__version__}; "
         f"1-min load average {load:.1f}"
     )
 

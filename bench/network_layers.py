@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_server import cpu_isa  # bench/ is on sys.path when run as a script
+from bench_server import machine  # bench/ is on sys.path when run as a script
 from docsection import write_section
 
 REPO = Path(__file__).resolve().parent.parent
@@ -179,13 +179,8 @@ def report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
         rows.append(f"| (the others) | | {rest:.3f} | {rest / total:.0%} |")
         top = ", ".join(f"`{n}` {v:.2f} ms ({e})" for (n, _, e), v in r["layers"].items())
         parts.append("\n".join(rows) + f"\n\nLargest layers: {top}.\n")
-    load = os.getloadavg()[0]
     cmd = ("python bench/network_layers.py " + " ".join(sys.argv[1:])).strip()
-    parts.append(
-        f"Machine: {cpu_isa()}, {os.cpu_count()} logical CPUs; torch {torch.__version__}; "
-        f"1-min load average {load:.1f}.\n\n"
-        f"Reproduce: `{cmd}`\n"
-    )
+    parts.append(f"Machine: {machine()}.\n\nReproduce: `{cmd}`\n")
     return "\n".join(parts)
 
 
