@@ -39,6 +39,17 @@ def default_cache_dir() -> Path:
     return (Path(base) if base else Path.home() / ".cache") / "emotion-service"
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """``"320x240"`` -> (320, 240), ``"300"`` -> (300, 300): an input size as settings and commands
+    take it."""
+    parts = text.lower().replace(" ", "").split("x")
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"expected WxH or one side, e.g. 300 or 320x240, not {text!r}")
+    return (int(parts[0]), int(parts[1]))
+
+
 class Settings(BaseSettings):
     """Every knob of the server; ``emotion-server`` flags override the environment."""
 
@@ -197,14 +208,7 @@ class Settings(BaseSettings):
         """``300`` -> (300, 300); ``"320x240"`` -> (320, 240)."""
         if isinstance(value, int):
             return (value, value)
-        if isinstance(value, str):
-            parts = value.lower().replace(" ", "").split("x")
-            if len(parts) == 1:
-                parts *= 2
-            if len(parts) != 2 or not all(p.isdigit() for p in parts):
-                raise ValueError(f"expected WxH or one side, e.g. 300 or 320x240, not {value!r}")
-            return (int(parts[0]), int(parts[1]))
-        return value
+        return parse_size(value) if isinstance(value, str) else value
 
     @field_validator("detector_input_size")
     @classmethod

@@ -26,21 +26,13 @@ import cv2
 import numpy as np
 import torch
 
+from server.config import parse_size
 from server.pipeline.detect import DetectorOptions, SSDFaceDetector, build_detector, ssd_int8_build
 from server.pipeline.roi import search_regions
 from training.int8 import quantize_to_ir
 from training.photo_crops import is_heldout, person_of
 
 FRAME = (480, 640)
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"96x96"`` -> (96, 96), for argparse."""
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WxH, e.g. 96x96, not {text!r}") from None
-    return width, height
 
 
 def calibration_frames(photos: list[Path], seed: int = 0) -> list[torch.Tensor]:
@@ -90,7 +82,10 @@ def calibration_photos(data: Path, n: int, heldout_fraction: float, salt: str, s
 
 
 def quantize_ssd(
-    photos: list[Path], out: Path | None = None, seed: int = 0, input_size: tuple[int, int] = (300, 300)
+    photos: list[Path],
+    out: Path | None = None,
+    seed: int = 0,
+    input_size: tuple[int, int] = DetectorOptions().input_size,
 ) -> dict[str, object]:
     """Write the int8 IR for ``input_size`` (default ``out``: the server's, :func:`ssd_int8_build`) and a
     ``.json`` of how it was made; returns that."""
@@ -113,7 +108,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", type=Path, required=True, help="photos as <class>/<photo>.jpg")
     p.add_argument("--out", type=Path, default=None, help="the .xml to write (default: the server's)")
     p.add_argument(
-        "--input-size", type=parse_size, default=(300, 300), help="WxH: 300x300 (whole) or 96x96 (regions)"
+        "--input-size",
+        type=parse_size,
+        default=DetectorOptions().input_size,
+        help="WxH: 300x300 (whole) or 96x96 (regions)",
     )
     p.add_argument("--n", type=int, default=300, help="calibration photos")
     p.add_argument("--heldout-fraction", type=float, default=0.5, help="as training.photo_crops")

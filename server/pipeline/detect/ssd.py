@@ -43,7 +43,7 @@ def ssd_int8_build(input_size: tuple[int, int]) -> Path:
     """Where the int8 build for an input size (width, height) is shipped, if it is: :data:`SSD_INT8` for
     the whole-image 300x300, ``res10-ssd-int8-WxH.xml`` beside it for others (the streams' region passes,
     96x96); the SSD's graph depends on its input size, so each size has its own build."""
-    if tuple(input_size) == (300, 300):
+    if tuple(input_size) == DetectorOptions().input_size:
         return SSD_INT8
     width, height = input_size
     return SSD_INT8.with_name(f"res10-ssd-int8-{width}x{height}.xml")
