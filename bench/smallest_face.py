@@ -29,7 +29,7 @@ from docsection import write_section  # bench/ is on sys.path when run as a scri
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from server.config import Settings  # noqa: E402
+from server.config import Settings, parse_size  # noqa: E402
 from server.pipeline.backend import Precision, compile_module, resolve_backend  # noqa: E402
 from server.pipeline.detect import DetectorOptions, SSDFaceDetector, build_detector, ssd_int8_build  # noqa: E402
 from server.pipeline.types import FaceDetector  # noqa: E402
@@ -116,7 +116,7 @@ def detector_at(spec: str, threshold: float, backend: str) -> FaceDetector:
         settings = Settings(detector="blazeface", score_threshold=threshold, min_face_size=1)
         return build_pipeline(settings, "cpu").detector
     dims, _, precision = spec.partition(":")
-    width, height = (int(v) for v in dims.split("x"))
+    width, height = parse_size(dims)
     options = DetectorOptions(score_threshold=threshold, min_face_size=1, input_size=(width, height))
     det = build_detector("ssd", options)
     assert isinstance(det, SSDFaceDetector)
