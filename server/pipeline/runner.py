@@ -212,7 +212,11 @@ def build_pipeline(settings: Settings, device: str) -> Pipeline:
     )
     kind = resolve_detector(settings.detector, backend)
     options = settings.detector_options()
-    ssd_args: dict[str, Any] = {"device": device, "cache_dir": settings.cache_dir}
+    ssd_args: dict[str, Any] = {
+        "device": device,
+        "cache_dir": settings.cache_dir,
+        "ssd_weights": settings.ssd_weights_file(),
+    }
     region = None
     if kind == "blazeface" or (kind == "ssd" and settings.stream_redetect_every > 1):
         # The SSD at a region's input size: the streams' region passes (server.pipeline.roi), and
@@ -240,7 +244,7 @@ def build_pipeline(settings: Settings, device: str) -> Pipeline:
                 settings.torch_threads,
                 settings.cpu_precision,
                 settings.cache_dir,
-                int8=ssd_int8_build(det.input_size),
+                int8=ssd_int8_build(det.input_size, det.weights),
             )
     return Pipeline(classifier, detector, device, region_detector)
 

@@ -9,8 +9,8 @@ Modules, by concern: ``options`` (the shared knobs and the registry of names), `
 (locating the weights), ``prototxt`` and ``caffemodel`` (reading Caffe's two files), ``fold``
 (Caffe blobs to torch weights), ``cache`` (the converted weights on disk), ``specs`` (the
 prior-box and output layers), ``network``/``layouts`` (the torch graph), ``priors`` and
-``nms`` (decoding and selection), ``resize`` (OpenCV's resize in torch), ``ssd``,
-``blazeface`` and ``haar`` (the detectors).
+``nms`` (decoding and selection), ``weights`` (the original or a distilled SSD), ``resize``
+(OpenCV's resize in torch), ``ssd``, ``blazeface`` and ``haar`` (the detectors).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from server.pipeline.detect.options import (
     resolve_detector,
 )
 from server.pipeline.detect.ssd import SSD_INT8, SSDFaceDetector, ssd_int8_build
+from server.pipeline.detect.weights import DISTILLED_SSD, SSD_WEIGHT_NAMES, resolve_ssd_weights
 from server.pipeline.types import Detections, FaceDetector
 
 
@@ -42,6 +43,7 @@ def build_detector(
     cache_dir: str | Path | None = None,
     threads: int | None = None,
     precision: str = "auto",
+    ssd_weights: Path | None = None,
 ) -> FaceDetector:
     """A ready detector of backend ``kind`` (one of :data:`DETECTORS`).
 
@@ -49,6 +51,7 @@ def build_detector(
     the SSD's converted weights are kept (the server passes ``Settings.cache_dir``; ``None``
     converts in memory, about a second). ``threads`` and ``precision`` are BlazeFace's OpenVINO
     options (the SSD is compiled by :func:`~server.pipeline.backend.compile_module` afterwards).
+    ``ssd_weights``: a distilled SSD's file (:func:`resolve_ssd_weights`); None: the original network.
     """
     if kind not in DETECTORS:
         raise ValueError(f"unknown detector {kind!r}; expected one of {DETECTORS}")
@@ -57,13 +60,15 @@ def build_detector(
     files = locate_weights(weights_dir)
     if kind == "haar":
         return HaarFaceDetector(files, options, device)
-    return SSDFaceDetector(files, options, device, cache_dir)
+    return SSDFaceDetector(files, options, device, cache_dir, weights=ssd_weights)
 
 
 __all__ = [
     "DETECTORS",
     "DETECTOR_CHOICES",
+    "DISTILLED_SSD",
     "SSD_INT8",
+    "SSD_WEIGHT_NAMES",
     "BlazeFaceDetector",
     "Detections",
     "DetectorChoice",
@@ -77,5 +82,6 @@ __all__ = [
     "build_detector",
     "locate_weights",
     "resolve_detector",
+    "resolve_ssd_weights",
     "ssd_int8_build",
 ]

@@ -67,6 +67,9 @@ class Res10SSD(nn.Module):
     Layer shapes mirror ``deploy.prototxt.txt``; any input size works (the priors
     depend on it, see :func:`~server.pipeline.detect.priors.make_priors`).
 
+    ``width`` scales every channel count (1.0: the Caffe network; 0.5: the distilled half-width
+    detector, ``training.distill_ssd``); the priors, and so the outputs' meaning, do not change.
+
     ``layout`` decides the padding of ``conv8_2`` and ``conv9_2``, the only difference:
     ``"deploy"`` pads them by 1, as ``deploy.prototxt.txt`` does, which makes 5x5 maps at
     300x300 while their PriorBox steps (100, 300) describe the 3x3 and 1x1 maps of
@@ -77,33 +80,42 @@ class Res10SSD(nn.Module):
     ``docs/detection.md`` ("Phantom faces").
     """
 
-    def __init__(self, anchors: tuple[int, ...] = (4, 6, 6, 6, 4, 4), layout: str = "trained") -> None:
+    def __init__(
+        self, anchors: tuple[int, ...] = (4, 6, 6, 6, 4, 4), layout: str = "trained", width: float = 1.0
+    ) -> None:
         super().__init__()
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        if not 0.0 < width <= 1.0:
+            raise ValueError(f"width must be in (0, 1], got {width}")
         self.layout = layout
+        self.width = width
         tail_pad = 0 if layout == "trained" else 1
+
+        def c(n: int) -> int:  # every channel count scaled, as a distilled thinner network has them
+            return max(8, round(n * width))
+
         self.data_affine = ChannelAffine(3)
-        self.conv1 = _conv(3, 32, 7, 2, 3)
-        self.block64 = ResBlock(32)
-        self.block128 = PreActBlock(32, 128, 128, 2)
-        self.block256 = PreActBlock(128, 256, 256, 2)
-        self.block512 = PreActBlock(256, 128, 256, 1, dilation=2)
-        self.last_affine = ChannelAffine(256)
+        self.conv1 = _conv(3, c(32), 7, 2, 3)
+        self.block64 = ResBlock(c(32))
+        self.block128 = PreActBlock(c(32), c(128), c(128), 2)
+        self.block256 = PreActBlock(c(128), c(256), c(256), 2)
+        self.block512 = PreActBlock(c(256), c(128), c(256), 1, dilation=2)
+        self.last_affine = ChannelAffine(c(256))
         self.extra = nn.ModuleDict(
             {
-                "conv6_1": _conv(256, 128, 1),
-                "conv6_2": _conv(128, 256, 3, 2, 1),
-                "conv7_1": _conv(256, 64, 1),
-                "conv7_2": _conv(64, 128, 3, 2, 1),
-                "conv8_1": _conv(128, 64, 1),
-                "conv8_2": _conv(64, 128, 3, 1, tail_pad),
-                "conv9_1": _conv(128, 64, 1),
-                "conv9_2": _conv(64, 128, 3, 1, tail_pad),
+                "conv6_1": _conv(c(256), c(128), 1),
+                "conv6_2": _conv(c(128), c(256), 3, 2, 1),
+                "conv7_1": _conv(c(256), c(64), 1),
+                "conv7_2": _conv(c(64), c(128), 3, 2, 1),
+                "conv8_1": _conv(c(128), c(64), 1),
+                "conv8_2": _conv(c(64), c(128), 3, 1, tail_pad),
+                "conv9_1": _conv(c(128), c(64), 1),
+                "conv9_2": _conv(c(64), c(128), 3, 1, tail_pad),
             }
         )
-        self.norm_scale = nn.Parameter(torch.full((128,), 20.0))
-        channels = (128, 256, 256, 128, 128, 128)
+        self.norm_scale = nn.Parameter(torch.full((c(128),), 20.0))
+        channels = tuple(c(n) for n in (128, 256, 256, 128, 128, 128))
         self.loc = nn.ModuleList(_conv(c, 4 * a, 3, 1, 1) for c, a in zip(channels, anchors, strict=True))
         self.conf = nn.ModuleList(_conv(c, 2 * a, 3, 1, 1) for c, a in zip(channels, anchors, strict=True))
 

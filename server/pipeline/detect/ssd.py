@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from server.pipeline.detect.cache import load_converted
-from server.pipeline.detect.files import DetectorFiles
+from server.pipeline.detect.files import DetectorFiles, DetectorWeightsError
 from server.pipeline.detect.inputs import as_rgb
 from server.pipeline.detect.network import BlobInput, Res10SSD
 from server.pipeline.detect.nms import select_detections
@@ -30,6 +30,7 @@ from server.pipeline.detect.options import DetectorOptions
 from server.pipeline.detect.priors import decode_boxes, make_priors
 from server.pipeline.detect.resize import cv2_resize_linear
 from server.pipeline.detect.specs import read_specs
+from server.pipeline.detect.weights import read_distilled
 from server.pipeline.types import Detections
 
 #: blobFromImage(mean=(104, 177, 123)) in BGR order, as the model was trained.
@@ -39,14 +40,18 @@ BGR_MEAN = (104.0, 177.0, 123.0)
 SSD_INT8 = Path(__file__).resolve().parents[2] / "checkpoints" / "ssd-int8" / "res10-ssd-int8.xml"
 
 
-def ssd_int8_build(input_size: tuple[int, int]) -> Path:
-    """Where the int8 build for an input size (width, height) is shipped, if it is: :data:`SSD_INT8` for
-    the whole-image 300x300, ``res10-ssd-int8-WxH.xml`` beside it for others (the streams' region passes,
-    96x96); the SSD's graph depends on its input size, so each size has its own build."""
-    if tuple(input_size) == DetectorOptions().input_size:
-        return SSD_INT8
+def ssd_int8_build(input_size: tuple[int, int], weights: Path | None = None) -> Path:
+    """Where the int8 build for an input size (width, height) is shipped, if it is: for the original
+    weights :data:`SSD_INT8` for the whole-image 300x300, ``res10-ssd-int8-WxH.xml`` beside it for others
+    (the streams' region passes, 96x96); for distilled ``weights`` ``NAME.int8.xml`` and
+    ``NAME.int8-WxH.xml`` beside them. The SSD's graph depends on its input size, so each size has its
+    own build."""
+    whole = tuple(input_size) == DetectorOptions().input_size
     width, height = input_size
-    return SSD_INT8.with_name(f"res10-ssd-int8-{width}x{height}.xml")
+    if weights is not None:
+        suffix = ".int8.xml" if whole else f".int8-{width}x{height}.xml"
+        return weights.with_name(weights.stem + suffix)
+    return SSD_INT8 if whole else SSD_INT8.with_name(f"res10-ssd-int8-{width}x{height}.xml")
 
 
 class SSDFaceDetector:
@@ -58,6 +63,8 @@ class SSDFaceDetector:
     keeps the converted weights (``None``: convert in memory). ``layout`` is the head layout
     (:class:`~server.pipeline.detect.network.Res10SSD`): ``"trained"`` by default;
     ``"deploy"`` reproduces ``cv2.dnn`` on the shipped prototxt, phantom faces included.
+    ``weights``: a distilled network's file (:mod:`~server.pipeline.detect.weights`) instead of the
+    original Caffe weights; its priors and decoding are the original's, from ``files``.
     """
 
     name = "ssd"
@@ -69,12 +76,25 @@ class SSDFaceDetector:
         device: str | torch.device = "cpu",
         cache_dir: str | Path | None = None,
         layout: str = "trained",
+        weights: Path | None = None,
     ) -> None:
         self.options = options or DetectorOptions()
         self.device = torch.device(device)
+        self.weights = weights
         self.prior_specs, self.output_spec = read_specs(files.prototxt)
-        net = Res10SSD(tuple(len(s.box_sizes) for s in self.prior_specs), layout)
-        net.load_state_dict(load_converted(files, cache_dir))
+        anchors = tuple(len(s.box_sizes) for s in self.prior_specs)
+        if weights is None:
+            net = Res10SSD(anchors, layout)
+            net.load_state_dict(load_converted(files, cache_dir))
+        else:
+            state, width, layout = read_distilled(weights)
+            net = Res10SSD(anchors, layout, width)
+            try:
+                net.load_state_dict(state)
+            except RuntimeError as exc:
+                raise DetectorWeightsError(
+                    f"{weights} does not fit a res10 SSD of width {width}: {exc}"
+                ) from exc
         self.model = BlobInput(net, BGR_MEAN).to(self.device).eval().requires_grad_(False)
         if self.device.type == "cpu":
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -1,0 +1,107 @@
+"""training.distill_ssd: a thinner SSD cut from the original, trained on its outputs, read by the server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from server_harness import face_tile, jpeg
+
+from server.config import Settings
+from server.pipeline.detect import DetectorWeightsError, SSDFaceDetector, build_detector
+from server.pipeline.detect.network import BlobInput, Res10SSD
+from server.pipeline.detect.ssd import BGR_MEAN
+from training.distill_ssd import FrameMaker, distill_loss, main, thin_state
+
+
+@pytest.fixture(scope="module")
+def teacher() -> SSDFaceDetector:
+    det = build_detector("ssd")
+    assert isinstance(det, SSDFaceDetector)
+    return det
+
+
+def student(det: SSDFaceDetector, width: float) -> BlobInput:
+    anchors = tuple(len(s.box_sizes) for s in det.prior_specs)
+    net = BlobInput(Res10SSD(anchors, width=width), BGR_MEAN)
+    net.net.load_state_dict(thin_state(det.model.net.state_dict(), net.net.state_dict()))
+    return net.eval()
+
+
+def test_full_width_cut_is_the_teacher_and_thinner_cuts_keep_every_prior(
+    teacher: SSDFaceDetector, astronaut: np.ndarray
+) -> None:
+    x = torch.from_numpy(np.ascontiguousarray(astronaut[:300, :300]))[None]
+    with torch.inference_mode():
+        want = teacher.model(x)
+        same = student(teacher, 1.0)(x)
+        half = student(teacher, 0.5)(x)
+    assert torch.equal(want[0], same[0]) and torch.equal(want[1], same[1])
+    assert half[0].shape == want[0].shape and half[2] == want[2]  # the same priors, so the same decoding
+    half_params = sum(p.numel() for p in student(teacher, 0.5).parameters())
+    assert half_params < 0.3 * sum(p.numel() for p in teacher.model.parameters())
+
+
+def test_distillation_steps_bring_the_student_towards_the_teacher(
+    teacher: SSDFaceDetector, astronaut: np.ndarray, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    net = student(teacher, 0.25).train()
+    photo = tmp_path / "neutral" / "Person_0001.jpg"
+    photo.parent.mkdir()
+    photo.write_bytes(jpeg(astronaut))
+    x = FrameMaker([photo], None, teacher.input_size, seed=0).batch(2)
+    with torch.no_grad():
+        target = teacher.model(x)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(8):
+        loss = distill_loss(net(x), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_distill_runs_resumes_and_writes_weights_the_server_reads(
+    astronaut: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photos = tmp_path / "photos"
+    for i in range(6):
+        path = photos / "neutral" / f"Person_{i}_0001.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(jpeg(face_tile(astronaut, 200 + 20 * i)))
+    out = tmp_path / "run"
+    common = ["--data", str(photos), "--out", str(out), "--width", "0.25", "--steps", "2", "--batch", "2"]
+    main([*common, "--epochs", "1", "--val-frames", "4"])
+    main([*common, "--epochs", "2", "--val-frames", "4"])
+    assert "resumed after epoch 1" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(0.0 <= r["recall"] <= 1.0 for r in rows)
+
+    weights = out / "best.safetensors"
+    det = build_detector("ssd", ssd_weights=weights)
+    assert isinstance(det, SSDFaceDetector) and det.model.net.width == 0.25
+    assert Settings(ssd_weights=str(weights)).ssd_weights_file() == weights
+    frame = torch.from_numpy(np.ascontiguousarray(astronaut)).permute(2, 0, 1)
+    assert det.detect([frame])[0].boxes.shape[1] == 4  # runs; four training steps promise no face
+
+
+def test_unreadable_or_unfitting_distilled_weights_are_named(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    with pytest.raises(DetectorWeightsError, match=r"junk\.safetensors"):
+        build_detector("ssd", ssd_weights=junk)
+    from safetensors.torch import save_file
+
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"conv1.weight": torch.zeros(1)}, str(wrong), metadata={"width": "0.5"})
+    with pytest.raises(DetectorWeightsError, match=r"width 0\.5"):
+        build_detector("ssd", ssd_weights=wrong)
+    with pytest.raises(ValueError, match="ssd_weights"):
+        Settings(ssd_weights=str(tmp_path / "missing.safetensors"))
