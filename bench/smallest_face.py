@@ -31,7 +31,13 @@ sys.path.insert(0, str(REPO))
 
 from server.config import Settings, parse_size  # noqa: E402
 from server.pipeline.backend import Precision, compile_module, resolve_backend  # noqa: E402
-from server.pipeline.detect import DetectorOptions, SSDFaceDetector, build_detector, ssd_int8_build  # noqa: E402
+from server.pipeline.detect import (  # noqa: E402
+    DetectorOptions,
+    SSDFaceDetector,
+    build_detector,
+    resolve_ssd_weights,
+    ssd_int8_build,
+)
 from server.pipeline.types import FaceDetector  # noqa: E402
 
 SECTION = "## Smallest face found"
@@ -43,8 +49,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sizes",
         default="300x300,300x300:float,400x300,320x240,240x180,blazeface",
-        help="SSD inputs WxH (the server's build: int8 where it ships one; WxH:float without int8), "
-        "and blazeface (EMOTION_DETECTOR=blazeface)",
+        help="SSD inputs WxH (the server's build: int8 where it ships one; WxH:float without int8; "
+        "WxH@distilled: the distilled SSD), and blazeface (EMOTION_DETECTOR=blazeface)",
     )
     p.add_argument("--widths", default="24,32,40,48,56,64,80,100,120", help="face widths in pixels")
     p.add_argument("--faces", type=int, default=80, help="photos used (each at every width)")
@@ -107,18 +113,20 @@ def scenes(
 
 
 def detector_at(spec: str, threshold: float, backend: str) -> FaceDetector:
-    """The SSD at input ``WxH`` (``WxH:float``: without its int8 build), or ``"blazeface"``: the
-    server's BlazeFace proposals confirmed by the region SSD (``EMOTION_DETECTOR=blazeface``), as
-    the server builds them."""
+    """The SSD at input ``WxH`` (``WxH:float``: without its int8 build; ``...@distilled`` or ``...@FILE``:
+    a distilled SSD's weights, ``EMOTION_SSD_WEIGHTS``), or ``"blazeface"``: the server's BlazeFace
+    proposals confirmed by the region SSD (``EMOTION_DETECTOR=blazeface``), as the server builds them."""
     if spec == "blazeface":
         from server.pipeline.runner import build_pipeline
 
         settings = Settings(detector="blazeface", score_threshold=threshold, min_face_size=1)
         return build_pipeline(settings, "cpu").detector
+    spec, _, weights_name = spec.partition("@")
+    weights = resolve_ssd_weights(weights_name or "original")
     dims, _, precision = spec.partition(":")
     width, height = parse_size(dims)
     options = DetectorOptions(score_threshold=threshold, min_face_size=1, input_size=(width, height))
-    det = build_detector("ssd", options)
+    det = build_detector("ssd", options, ssd_weights=weights)
     assert isinstance(det, SSDFaceDetector)
     example = det.preprocess([torch.zeros((3, height, width), dtype=torch.uint8)])
     mode: Precision = "float" if precision == "float" else "auto"
@@ -128,7 +136,7 @@ def detector_at(spec: str, threshold: float, backend: str) -> FaceDetector:
         backend,
         precision=mode,
         cache_dir=Settings().cache_dir,
-        int8=ssd_int8_build((width, height)),
+        int8=ssd_int8_build((width, height), weights),
     )
     return det
 

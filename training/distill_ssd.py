@@ -159,7 +159,10 @@ class FrameMaker:
         return img[:, ::-1] if self.rng.random() < 0.5 else img
 
     def _background(self, h: int, w: int) -> np.ndarray:
-        kind = self.rng.integers(3)
+        """Something that is not a face (the teacher says where it finds one anyway): blurred photo
+        texture, noise, a gradient, and the clutter a network may mistake for faces (round shapes,
+        text, photos cut into shuffled tiles)."""
+        kind = self.rng.integers(6)
         if kind == 0:  # a photo's corner, blown up and blurred: natural texture without a sharp face
             src = self._photo()
             y, x = self.rng.integers(0, src.shape[0] // 2), self.rng.integers(0, src.shape[1] // 2)
@@ -168,9 +171,53 @@ class FrameMaker:
         if kind == 1:
             noise = self.rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
             return cv2.resize(noise, (w, h), interpolation=cv2.INTER_CUBIC)
-        color = self.rng.integers(0, 256, 3)
-        ramp = np.linspace(self.rng.uniform(0.5, 1.0), self.rng.uniform(0.5, 1.0), w)[None, :, None]
-        return np.clip(color * ramp * np.ones((h, 1, 1)), 0, 255).astype(np.uint8)
+        if kind == 2:
+            color = self.rng.integers(0, 256, 3)
+            ramp = np.linspace(self.rng.uniform(0.5, 1.0), self.rng.uniform(0.5, 1.0), w)[None, :, None]
+            return np.clip(color * ramp * np.ones((h, 1, 1)), 0, 255).astype(np.uint8)
+        if kind == 3:
+            return self._shapes(h, w)
+        if kind == 4:
+            return self._text(self._shapes(h, w) if self.rng.random() < 0.5 else self._background(h, w))
+        return self._shuffled(h, w)
+
+    def _shapes(self, h: int, w: int) -> np.ndarray:
+        """ "Dead leaves": overlapping discs, ellipses and boxes of many sizes, colours and shades."""
+        img = np.full((h, w, 3), self.rng.integers(0, 256, 3), np.uint8)
+        for _ in range(int(self.rng.integers(30, 300))):
+            r = int(np.exp(self.rng.uniform(np.log(3), np.log(min(h, w) / 3))))
+            c = (int(self.rng.integers(0, w)), int(self.rng.integers(0, h)))
+            color = tuple(int(v) for v in self.rng.integers(0, 256, 3))
+            shape = self.rng.integers(3)
+            if shape == 0:
+                cv2.circle(img, c, r, color, -1, cv2.LINE_AA)
+            elif shape == 1:
+                axes = (r, max(1, int(r * self.rng.uniform(0.3, 1.0))))
+                cv2.ellipse(img, c, axes, float(self.rng.uniform(0, 180)), 0, 360, color, -1, cv2.LINE_AA)
+            else:
+                cv2.rectangle(img, c, (c[0] + r, c[1] + int(r * self.rng.uniform(0.3, 2))), color, -1)
+        return cv2.GaussianBlur(img, (0, 0), float(self.rng.uniform(0.5, 2.0)))
+
+    def _text(self, img: np.ndarray) -> np.ndarray:
+        img = img.copy()
+        for _ in range(int(self.rng.integers(3, 20))):
+            text = "".join(chr(int(c)) for c in self.rng.integers(33, 127, int(self.rng.integers(2, 12))))
+            org = (int(self.rng.integers(0, img.shape[1])), int(self.rng.integers(0, img.shape[0])))
+            color = tuple(int(v) for v in self.rng.integers(0, 256, 3))
+            font, scale = int(self.rng.integers(0, 8)), float(self.rng.uniform(0.5, 5))
+            cv2.putText(img, text, org, font, scale, color, int(self.rng.integers(1, 8)), cv2.LINE_AA)
+        return img
+
+    def _shuffled(self, h: int, w: int) -> np.ndarray:
+        """A photo cut into tiles, shuffled and turned: skin, hair and eyes without a face's layout."""
+        k = int(self.rng.integers(3, 9))
+        src = cv2.resize(self._photo(), (w // k * k, h // k * k))
+        th, tw = src.shape[0] // k, src.shape[1] // k
+        tiles = [src[i * th : (i + 1) * th, j * tw : (j + 1) * tw] for i in range(k) for j in range(k)]
+        order = self.rng.permutation(len(tiles))
+        tiles = [np.rot90(tiles[o], 2) if self.rng.random() < 0.5 else tiles[o] for o in order]
+        rows = [np.concatenate(tiles[i * k : (i + 1) * k], 1) for i in range(k)]
+        return cv2.resize(np.concatenate(rows, 0), (w, h))
 
     def _scene(self) -> np.ndarray:
         h, w = 480, 640
@@ -197,7 +244,8 @@ class FrameMaker:
         return img[:, ::-1] if self.rng.random() < 0.5 else img
 
     def frame(self) -> np.ndarray:
-        img = self._whole() if self.rng.random() < 0.35 else self._scene()
+        u = self.rng.random()
+        img = self._whole() if u < 0.3 else self._background(480, 640) if u < 0.45 else self._scene()
         img = np.ascontiguousarray(img).astype(np.float32)
         img = img * self.rng.uniform(0.6, 1.4) + self.rng.uniform(-40, 40)
         if self.rng.random() < 0.15:
