@@ -11,7 +11,8 @@ fly from photos of people (only those ``training.photo_crops`` keeps for trainin
 people validate) and, optionally, FER2013 training faces: whole photos as a REST upload sends them,
 and 640x480 webcam-like scenes with faces pasted at 30-400 px on textured backgrounds, JPEG-compressed,
 each squashed to the 300x300 input as the server does. Loss: soft binary cross-entropy of the face
-probability (weighted towards priors either network thinks is a face) plus smooth L1 of box offsets
+probability (weighted towards priors either network thinks is a face, and more where they disagree
+about the 0.5 threshold the server applies) plus smooth L1 of box offsets
 weighted by the teacher's probability. Validation: the teacher's faces (score > 0.5 after NMS) the
 student finds at IoU >= 0.5, its extra faces, and the matched boxes' IoU.
 
@@ -182,20 +183,40 @@ class FrameMaker:
         return self._shuffled(h, w)
 
     def _shapes(self, h: int, w: int) -> np.ndarray:
-        """ "Dead leaves": overlapping discs, ellipses and boxes of many sizes, colours and shades."""
+        """ "Dead leaves": overlapping discs, ellipses and boxes of many sizes, flat-coloured or cut from
+        photos (round textured things, coins, clocks, are what a thin detector mistakes for faces)."""
         img = np.full((h, w, 3), self.rng.integers(0, 256, 3), np.uint8)
-        for _ in range(int(self.rng.integers(30, 300))):
+        textured = self.rng.random() < 0.5
+        for _ in range(int(self.rng.integers(20, 120 if textured else 300))):
             r = int(np.exp(self.rng.uniform(np.log(3), np.log(min(h, w) / 3))))
             c = (int(self.rng.integers(0, w)), int(self.rng.integers(0, h)))
-            color = tuple(int(v) for v in self.rng.integers(0, 256, 3))
+            layer = np.zeros((h, w), np.uint8) if textured else img
+            color = 255 if textured else tuple(int(v) for v in self.rng.integers(0, 256, 3))
             shape = self.rng.integers(3)
             if shape == 0:
-                cv2.circle(img, c, r, color, -1, cv2.LINE_AA)
+                cv2.circle(layer, c, r, color, -1, cv2.LINE_AA)
             elif shape == 1:
                 axes = (r, max(1, int(r * self.rng.uniform(0.3, 1.0))))
-                cv2.ellipse(img, c, axes, float(self.rng.uniform(0, 180)), 0, 360, color, -1, cv2.LINE_AA)
+                cv2.ellipse(layer, c, axes, float(self.rng.uniform(0, 180)), 0, 360, color, -1, cv2.LINE_AA)
             else:
-                cv2.rectangle(img, c, (c[0] + r, c[1] + int(r * self.rng.uniform(0.3, 2))), color, -1)
+                cv2.rectangle(layer, c, (c[0] + r, c[1] + int(r * self.rng.uniform(0.3, 2))), color, -1)
+            if textured:
+                x0, y0, x1, y1 = (
+                    max(c[0] - 2 * r, 0),
+                    max(c[1] - 2 * r, 0),
+                    min(c[0] + 2 * r, w),
+                    min(c[1] + 2 * r, h),
+                )
+                if x1 <= x0 or y1 <= y0:
+                    continue
+                src = self._photo()
+                sy, sx = self.rng.integers(0, src.shape[0] // 2), self.rng.integers(0, src.shape[1] // 2)
+                patch = src[sy : sy + src.shape[0] // 2, sx : sx + src.shape[1] // 2]
+                if self.rng.random() < 0.5:
+                    patch = np.rot90(patch, int(self.rng.integers(1, 4)))
+                patch = cv2.resize(np.ascontiguousarray(patch), (x1 - x0, y1 - y0))
+                alpha = layer[y0:y1, x0:x1, None].astype(np.float32) / 255
+                img[y0:y1, x0:x1] = (alpha * patch + (1 - alpha) * img[y0:y1, x0:x1]).astype(np.uint8)
         return cv2.GaussianBlur(img, (0, 0), float(self.rng.uniform(0.5, 2.0)))
 
     def _text(self, img: np.ndarray) -> np.ndarray:
@@ -248,7 +269,7 @@ class FrameMaker:
         img = self._whole() if u < 0.3 else self._background(480, 640) if u < 0.45 else self._scene()
         img = np.ascontiguousarray(img).astype(np.float32)
         img = img * self.rng.uniform(0.6, 1.4) + self.rng.uniform(-40, 40)
-        if self.rng.random() < 0.15:
+        if self.rng.random() < 0.25:
             img = img.mean(-1, keepdims=True).repeat(3, -1)
         bgr = np.clip(img, 0, 255).astype(np.uint8)
         if self.rng.random() < 0.7:  # the server sees JPEGs
@@ -266,7 +287,10 @@ def distill_loss(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor,
     t_loc, t_logits = teacher[0], teacher[1]
     s = s_logits[..., 1] - s_logits[..., 0]
     t = torch.sigmoid(t_logits[..., 1] - t_logits[..., 0])
-    weight = 1.0 + 10.0 * torch.maximum(t, torch.sigmoid(s).detach())
+    p = torch.sigmoid(s).detach()
+    # Priors either network calls a face matter most, and most of all where they disagree about it:
+    # the server keeps boxes scoring over 0.5, so a prior on the wrong side of 0.5 is a face lost or made.
+    weight = 1.0 + 10.0 * torch.maximum(t, p) + 20.0 * ((p > 0.5) != (t > 0.5)).float()
     conf = (weight * F.binary_cross_entropy_with_logits(s, t, reduction="none")).mean()
     loc = (t[..., None] * F.smooth_l1_loss(s_loc, t_loc, beta=0.1, reduction="none")).sum() / (t.sum() + 1.0)
     return conf + loc
