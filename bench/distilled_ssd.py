@@ -1,17 +1,19 @@
-"""The distilled half-width SSD against the original res10 SSD it was distilled from, as the server runs
-each (``EMOTION_SSD_WEIGHTS=distilled`` / ``original``; OpenVINO with their int8 builds on the CPU).
+"""The default detector (``EMOTION_DETECTOR=distilled``: the half-width SSD distilled from the res10 SSD
+proposes, the res10 SSD's region pass confirms and frames each face) against the res10 SSD over the
+whole image (``ssd``), and the distilled SSD alone, each as the server builds it (OpenVINO with the
+int8 builds on the CPU).
 
 Three questions, in process on the CPU:
 
 1. **The same faces on real photos?** realfaces-dev photos of the held-out people (those
    ``training.photo_crops`` keeps out of training; the distillation never saw them), each whole and
-   pasted at a random place and size (face 40-300 px) into a 640x480 frame: the original's faces the
-   distilled one finds (IoU >= 0.5), the faces it adds, and the IoU of matched boxes (the framing the
+   pasted at a random place and size into a 640x480 frame: of the faces ``ssd`` finds, those each other
+   detector finds (IoU >= 0.5), the faces it adds, and the IoU of matched boxes (the framing the
    classifier sees).
 2. **No faces where there are none?** scikit-image's sample images without a person (a cat, coins,
    text, a coffee cup, ...): faces each reports.
-3. **How fast?** The whole-image detect step on the one-face 640x480 frame of ``bench/vs_fer.py``,
-   the two detectors alternating call by call, medians.
+3. **How fast?** The detect step on ``bench/vs_fer.py``'s 640x480 frames (one face, three, none), the
+   detectors alternating call by call, medians.
 
     python bench/distilled_ssd.py                   # ~2 min; writes its section of docs/benchmarks.md
     python bench/distilled_ssd.py --photos 200 --no-write
@@ -61,11 +63,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def detectors() -> dict[str, FaceDetector]:
-    """The server's whole-image detector for each weights setting, built as the server builds it."""
-    return {
-        name: build_pipeline(Settings(ssd_weights=name, warmup=False), "cpu").detector
-        for name in ("original", "distilled")
+    """``ssd``, ``distilled`` and the distilled SSD alone (its proposer at the server's threshold), each
+    built as the server builds it."""
+    from server.pipeline.roi import ProposedRegions
+
+    build = {
+        k: build_pipeline(Settings(detector=k, warmup=False), "cpu").detector for k in ("ssd", "distilled")
     }
+    combined = build["distilled"]
+    assert isinstance(combined, ProposedRegions)
+    return {"ssd": build["ssd"], "distilled": combined, "distilled SSD alone": combined.proposer}
 
 
 def frames(data: Path, n: int) -> list[np.ndarray]:
@@ -89,23 +96,23 @@ def frames(data: Path, n: int) -> list[np.ndarray]:
     return out
 
 
-def agreement(dets: dict[str, FaceDetector], images: list[np.ndarray]) -> dict[str, float]:
+def agreement(ref: FaceDetector, other: FaceDetector, images: list[np.ndarray]) -> dict[str, float]:
+    """Of ``ref``'s faces, the share ``other`` finds (IoU >= 0.5), the faces it adds, matched IoUs."""
     ref_faces = found = extra = 0
     ious: list[float] = []
     for img in images:
         t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
-        ref, got = (dets[k].detect([t])[0].boxes for k in ("original", "distilled"))
-        ref_faces += len(ref)
-        if not len(ref) or not len(got):
+        want, got = ref.detect([t])[0].boxes, other.detect([t])[0].boxes
+        ref_faces += len(want)
+        if not len(want) or not len(got):
             extra += len(got)
             continue
-        iou = box_iou(ref, got)
+        iou = box_iou(want, got)
         best = iou.max(1).values
         found += int((best >= 0.5).sum())
         ious += best[best >= 0.5].tolist()
         extra += int((iou.max(0).values < 0.5).sum())
     return {
-        "images": len(images),
         "faces": ref_faces,
         "found": found / max(ref_faces, 1),
         "extra": extra,
@@ -114,7 +121,7 @@ def agreement(dets: dict[str, FaceDetector], images: list[np.ndarray]) -> dict[s
     }
 
 
-def no_face_counts(dets: dict[str, FaceDetector]) -> list[tuple[str, int, int]]:
+def no_face_counts(dets: dict[str, FaceDetector]) -> list[tuple[str, list[int]]]:
     from skimage import data
 
     rows = []
@@ -122,56 +129,64 @@ def no_face_counts(dets: dict[str, FaceDetector]) -> list[tuple[str, int, int]]:
         img = getattr(data, name)()
         img = np.stack([img] * 3, -1) if img.ndim == 2 else img[..., :3]
         t = torch.from_numpy(np.ascontiguousarray(img.astype(np.uint8))).permute(2, 0, 1)
-        rows.append((name, len(dets["original"].detect([t])[0]), len(dets["distilled"].detect([t])[0])))
+        rows.append((name, [len(det.detect([t])[0]) for det in dets.values()]))
     return rows
 
 
-def timings(dets: dict[str, FaceDetector], iters: int) -> dict[str, float]:
+def timings(dets: dict[str, FaceDetector], iters: int) -> dict[str, dict[str, float]]:
+    """Median ms of each detector's detect step per ``bench/vs_fer.py`` frame, all alternating."""
     from vs_fer import frames as fer_frames
 
     from server.pipeline.decode import decode_image
 
-    image = decode_image(fer_frames()["one face"], max_pixels=40_000_000).tensor
-    times: dict[str, list[float]] = {k: [] for k in dets}
-    for _ in range(10):
-        for det in dets.values():
-            det.detect([image])
-    for _ in range(iters):
-        for name, det in dets.items():
-            t0 = time.perf_counter()
-            det.detect([image])
-            times[name].append((time.perf_counter() - t0) * 1000)
-    return {k: statistics.median(v) for k, v in times.items()}
+    images = {k: decode_image(v, max_pixels=40_000_000).tensor for k, v in fer_frames().items()}
+    times: dict[str, dict[str, list[float]]] = {f: {d: [] for d in dets} for f in images}
+    for i in range(iters + 10):
+        for frame, image in images.items():
+            for name, det in dets.items():
+                t0 = time.perf_counter()
+                det.detect([image])
+                if i >= 10:
+                    times[frame][name].append((time.perf_counter() - t0) * 1000)
+    return {f: {d: statistics.median(v) for d, v in row.items()} for f, row in times.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     dets = detectors()
-    precision = {k: getattr(getattr(d, "model", None), "precision", "?") for k, d in dets.items()}
     images = frames(args.data, args.photos)
-    agree = agreement(dets, images) if images else None
     no_face = no_face_counts(dets)
     ms = timings(dets, args.iters)
     cmd = ("python bench/distilled_ssd.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    names = list(dets)
     lines = [SECTION, "", f"Machine: {machine()}.", ""]
-    if agree:
+    if images:
         lines += [
-            f"Held-out realfaces-dev photos ({agree['images']:.0f} images: each photo whole and pasted into "
-            f"a 640x480 frame): of the original's {agree['faces']:.0f} faces the distilled SSD finds "
-            f"**{agree['found']:.1%}** (IoU >= 0.5), adds {agree['extra']:.0f}; matched boxes' IoU median "
-            f"{agree['median_iou']:.3f}, 10th percentile {agree['p10_iou']:.3f}.",
+            f"Held-out realfaces-dev photos ({len(images)} images: each photo whole and pasted into a "
+            "640x480 frame), against the faces `ssd` finds:",
             "",
+            "| detector | faces of `ssd` found (IoU >= 0.5) | faces added | matched IoU: median | 10th pct |",
+            "| --- | ---: | ---: | ---: | ---: |",
         ]
+        for name in names[1:]:
+            a = agreement(dets["ssd"], dets[name], images)
+            lines.append(
+                f"| {name} | {a['found']:.1%} of {a['faces']:.0f} | {a['extra']:.0f} | {a['median_iou']:.3f} "
+                f"| {a['p10_iou']:.3f} |"
+            )
+        lines.append("")
     lines += [
         "Faces reported on scikit-image samples without a person:",
         "",
-        "| image | original | distilled |",
-        "| --- | ---: | ---: |",
-        *[f"| {n} | {a} | {b} |" for n, a, b in no_face],
+        "| image | " + " | ".join(names) + " |",
+        "| --- |" + " ---: |" * len(names),
+        *[f"| {n} | " + " | ".join(str(c) for c in counts) + " |" for n, counts in no_face],
         "",
-        f"Whole-image detect step, one-face 640x480 frame, medians of {args.iters} alternating calls: "
-        f"original ({precision['original']}) {ms['original']:.2f} ms, distilled ({precision['distilled']}) "
-        f"**{ms['distilled']:.2f} ms** ({ms['original'] / ms['distilled']:.2f}x faster).",
+        f"Detect step on `bench/vs_fer.py`'s 640x480 frames, ms, medians of {args.iters} alternating calls:",
+        "",
+        "| frame | " + " | ".join(names) + " |",
+        "| --- |" + " ---: |" * len(names),
+        *[f"| {f} | " + " | ".join(f"{row[n]:.2f}" for n in names) + " |" for f, row in ms.items()],
         "",
         f"Reproduce: `{cmd}`",
     ]

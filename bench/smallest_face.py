@@ -48,10 +48,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--sizes",
-        default="300x300,300x300@original,300x300:float,400x300,320x240,240x180,blazeface",
-        help="SSD inputs WxH (the server's build: its default weights, int8 where one ships; WxH:float "
-        "without int8; WxH@original, WxH@distilled, WxH@FILE: those weights), and blazeface "
-        "(EMOTION_DETECTOR=blazeface)",
+        default="distilled,300x300,300x300@distilled,300x300:float,400x300,320x240,240x180,blazeface",
+        help="detectors as the server builds them (distilled, the default; blazeface) and the SSD alone at "
+        "inputs WxH (int8 where a build ships; WxH:float without int8; WxH@distilled: the distilled SSD "
+        "alone)",
     )
     p.add_argument("--widths", default="24,32,40,48,56,64,80,100,120", help="face widths in pixels")
     p.add_argument("--faces", type=int, default=80, help="photos used (each at every width)")
@@ -114,17 +114,16 @@ def scenes(
 
 
 def detector_at(spec: str, threshold: float, backend: str) -> FaceDetector:
-    """The SSD at input ``WxH`` with the server's default weights (``WxH:float``: without its int8 build;
-    ``...@original``, ``...@distilled``, ``...@FILE``: those weights, ``EMOTION_SSD_WEIGHTS``), or
-    ``"blazeface"``: the server's BlazeFace proposals confirmed by the region SSD
-    (``EMOTION_DETECTOR=blazeface``), as the server builds them."""
-    if spec == "blazeface":
+    """The SSD alone at input ``WxH`` (``WxH:float``: without its int8 build; ``WxH@distilled`` or
+    ``WxH@FILE``: a distilled network alone), or a detector as the server builds it: ``distilled`` (the
+    default: the distilled SSD proposes, the SSD's region pass confirms), ``blazeface``."""
+    if spec == "distilled" or spec == "blazeface":
         from server.pipeline.runner import build_pipeline
 
-        settings = Settings(detector="blazeface", score_threshold=threshold, min_face_size=1)
+        settings = Settings(detector=spec, score_threshold=threshold, min_face_size=1, warmup=False)
         return build_pipeline(settings, "cpu").detector
     spec, _, weights_name = spec.partition("@")
-    weights = resolve_ssd_weights(weights_name or Settings().ssd_weights)
+    weights = resolve_ssd_weights(weights_name or "original")
     dims, _, precision = spec.partition(":")
     width, height = parse_size(dims)
     options = DetectorOptions(score_threshold=threshold, min_face_size=1, input_size=(width, height))

@@ -152,12 +152,11 @@ def follow_rates(
     backend = resolve_backend("auto", "cpu")
     roi = {}
     for size in sizes:
-        weights = settings.ssd_weights_file()
-        det = build_detector("ssd", DetectorOptions(input_size=(size, size)), ssd_weights=weights)
+        det = build_detector("ssd", DetectorOptions(input_size=(size, size)))
         assert isinstance(det, SSDFaceDetector)
         example = det.preprocess([torch.zeros((3, size, size), dtype=torch.uint8)])
         # the server's build: int8 where one ships for the size (96x96), else float
-        det.model = compile_module(det.model, example, backend, int8=ssd_int8_build((size, size), weights))
+        det.model = compile_module(det.model, example, backend, int8=ssd_int8_build((size, size)))
         roi[size] = RegionDetector(det)
     reference = build_detector("ssd", DetectorOptions(score_threshold=0.5, min_face_size=1))
     assert isinstance(reference, SSDFaceDetector)

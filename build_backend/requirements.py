@@ -69,6 +69,7 @@ SERVER_PACKAGE_DATA = {
         "checkpoints/*.int8.*",
         "checkpoints/blazeface/*",
         "checkpoints/ssd-int8/*",
+        "checkpoints/ssd-half/*",
         "api/web/*",
     ],
     "emotion_service": ["py.typed"],

@@ -82,14 +82,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--detector",
         choices=DETECTOR_CHOICES,
-        help="face detector (EMOTION_DETECTOR, default ssd; auto: blazeface with OpenVINO, else ssd)",
+        help="face detector (EMOTION_DETECTOR, default distilled: a distilled SSD proposes, the SSD confirms;"
+        " auto: blazeface with OpenVINO, else ssd)",
     )
     p.add_argument("--detector-input-size", help="SSD input, WxH or one side (default 300x300)")
-    p.add_argument(
-        "--ssd-weights",
-        help="SSD weights: distilled (default, half width), original, or a training.distill_ssd file "
-        "(EMOTION_SSD_WEIGHTS)",
-    )
     p.add_argument("--score-threshold", type=float, help="default minimum detector score (default 0.5)")
     p.add_argument("--max-faces", type=int, help="default and maximum faces per image (default 10)")
     p.add_argument("--max-batch-size", type=int, help="images per model batch (default 16)")

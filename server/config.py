@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from server.device import resolve_device
 from server.model.checkpoint import DEFAULT_CHECKPOINT
 from server.pipeline.detect.options import DetectorChoice, DetectorOptions
-from server.pipeline.detect.weights import SSD_WEIGHT_NAMES, resolve_ssd_weights
+from server.pipeline.detect.weights import DISTILLED_SSD
 
 MiB = 1024 * 1024
 #: Keys that show up in copy-pasted examples; refusing them beats shipping them.
@@ -64,19 +64,20 @@ class Settings(BaseSettings):
     checkpoint: Path = DEFAULT_CHECKPOINT
 
     detector: DetectorChoice = Field(
-        default="ssd",
-        description="ssd, blazeface (CPU with OpenVINO: BlazeFace proposes, the SSD confirms and "
-        "frames), haar, or auto (blazeface where OpenVINO runs the models, else ssd).",
+        default="distilled",
+        description="distilled (a half-width SSD distilled from the res10 SSD proposes, the res10 SSD "
+        "confirms and frames each face), ssd (the res10 SSD over the whole image), blazeface (CPU with "
+        "OpenVINO: BlazeFace proposes, the SSD confirms and frames), haar, or auto (blazeface where "
+        "OpenVINO runs the models, else ssd).",
     )
     detector_input_size: Annotated[tuple[int, int], NoDecode] = Field(
         default=(300, 300),
         description="SSD network input, WxH or one side: 300, 320x240, 160x120 (blazeface's are fixed).",
     )
-    ssd_weights: str = Field(
-        default="original",
-        description="The SSD's weights: distilled (a half-width network distilled from the original, ~1/4 "
-        "of its work for the same faces), original (OpenCV's res10), or a .safetensors file written by "
-        "python -m training.distill_ssd.",
+    distilled_weights: Path = Field(
+        default=DISTILLED_SSD,
+        description="The distilled SSD that proposes faces for EMOTION_DETECTOR=distilled: the shipped "
+        "half-width one, or a file written by python -m training.distill_ssd.",
     )
     score_threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="Default minimum detector score.")
     max_faces: int = Field(
@@ -224,17 +225,12 @@ class Settings(BaseSettings):
             raise ValueError("detector input sides must be within 32..2048 pixels")
         return value
 
-    @field_validator("ssd_weights")
+    @field_validator("distilled_weights")
     @classmethod
-    def _ssd_weights(cls, value: str) -> str:
-        name = value.strip()
-        if name.lower() in SSD_WEIGHT_NAMES:
-            return name.lower()
-        if not Path(name).is_file():
-            raise ValueError(
-                f"ssd_weights must be one of {SSD_WEIGHT_NAMES} or an existing file, not {value!r}"
-            )
-        return name
+    def _distilled_exists(cls, value: Path) -> Path:
+        if not value.is_file():
+            raise ValueError(f"distilled SSD weights {value} do not exist (EMOTION_DISTILLED_WEIGHTS)")
+        return value
 
     @field_validator("backend", "cpu_precision", mode="before")
     @classmethod
@@ -282,10 +278,6 @@ class Settings(BaseSettings):
             min_face_size=self.min_face_size,
             input_size=self.detector_input_size,
         )
-
-    def ssd_weights_file(self) -> Path | None:
-        """The distilled SSD's file, None for the original network (``build_detector``'s ``ssd_weights``)."""
-        return resolve_ssd_weights(self.ssd_weights)
 
     def torch_device(self) -> str:
         """The concrete device string (``auto`` resolved)."""

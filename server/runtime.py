@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -31,7 +30,6 @@ from server.pipeline.backend import resolve_backend
 from server.pipeline.batcher import Batcher
 from server.pipeline.decode import SUPPORTED_FORMATS, DecodedImage, decode_image
 from server.pipeline.detect.options import detector_input, resolve_detector
-from server.pipeline.detect.weights import SSD_WEIGHT_NAMES
 from server.pipeline.runner import Job, JobResult, work_size
 
 log = logging.getLogger(__name__)
@@ -233,12 +231,6 @@ class Runtime:
             "detector": {
                 "kind": self.detector,
                 "input_size": detector_input(self.detector, s.detector_input_size),
-                # A file's name only: the server's paths are not the client's business.
-                "ssd_weights": None
-                if self.detector == "haar"
-                else s.ssd_weights
-                if s.ssd_weights in SSD_WEIGHT_NAMES
-                else Path(s.ssd_weights).name,
                 "score_threshold": s.score_threshold,
                 "min_face_size": s.min_face_size,
                 "max_faces": s.max_faces,
@@ -255,11 +247,14 @@ class Runtime:
         """The classifier's and the SSD's precision once the models are loaded (else None)."""
         from server.pipeline.backend import precision_of
         from server.pipeline.detect import SSDFaceDetector
+        from server.pipeline.roi import ProposedRegions
 
         if self.analyzer is None:
             return None, None
         pipeline = self.analyzer.pipeline
         detector = pipeline.detector
+        if isinstance(detector, ProposedRegions):  # distilled or BlazeFace: the whole-image network's
+            detector = detector.proposer
         ssd = precision_of(detector.model) if isinstance(detector, SSDFaceDetector) else None
         return precision_of(pipeline.classifier.model), ssd
 

@@ -15,7 +15,14 @@ from server.model.checkpoint import DEFAULT_CHECKPOINT, int8_build
 from server.pipeline.backend import compile_module, openvino_available, read_int8, resolve_backend
 from server.pipeline.classify import EmotionClassifier
 from server.pipeline.crop import crop_faces
-from server.pipeline.detect import SSD_INT8, DetectorOptions, SSDFaceDetector, build_detector, ssd_int8_build
+from server.pipeline.detect import (
+    SSD_INT8,
+    DetectorOptions,
+    SSDFaceDetector,
+    build_detector,
+    resolve_ssd_weights,
+    ssd_int8_build,
+)
 
 needs_openvino = pytest.mark.skipif(not openvino_available(), reason="openvino not installed")
 
@@ -53,15 +60,19 @@ def test_resolve_backend() -> None:
 
 
 @needs_openvino
+@pytest.mark.parametrize("weights", ["original", "distilled"])
 @pytest.mark.parametrize("precision", ["int8", "auto", "f32"])
-def test_ssd_parity(frames: list[torch.Tensor], precision: str, ov_cache: Path) -> None:
+def test_ssd_parity(frames: list[torch.Tensor], precision: str, weights: str, ov_cache: Path) -> None:
     """Same faces as torch (IoU >= 0.9, score within 0.02; the shipped int8 build: IoU >= 0.85,
-    score within 0.05), one frame at a time and as a batch."""
-    ref = build_detector("ssd")
-    fast = build_detector("ssd")
+    score within 0.05), one frame at a time and as a batch, for both networks (the original and the
+    distilled one, each with its own int8 build; the distilled one's proposals are confirmed by the
+    original's region pass in the server, but on its own it must be the same network on both paths)."""
+    file = resolve_ssd_weights(weights)
+    ref = build_detector("ssd", ssd_weights=file)
+    fast = build_detector("ssd", ssd_weights=file)
     assert isinstance(fast, SSDFaceDetector)
     example = fast.preprocess([torch.zeros((3, 300, 300), dtype=torch.uint8)])
-    int8 = SSD_INT8 if precision == "int8" else None
+    int8 = ssd_int8_build((300, 300), file) if precision == "int8" else None
     mode = "auto" if precision == "int8" else precision
     fast.model = compile_module(
         fast.model, example, "openvino", precision=mode, cache_dir=ov_cache, int8=int8

@@ -292,9 +292,9 @@ def test_cache_dir_comes_from_settings(
 def test_one_registry_of_detector_names(tiny_checkpoint: Path) -> None:
     """Settings, the command line and build_detector accept exactly the registered names (and
     settings ``auto``, resolved by the backend)."""
-    assert DETECTORS == ("ssd", "haar", "blazeface")
+    assert DETECTORS == ("distilled", "ssd", "haar", "blazeface")
     assert ("auto", *DETECTORS) == DETECTOR_CHOICES
-    assert Settings(checkpoint=tiny_checkpoint).detector == "ssd"
+    assert Settings(checkpoint=tiny_checkpoint).detector == "distilled"
     for name in DETECTORS:
         settings = load_settings(
             ["--detector", name, "--checkpoint", str(tiny_checkpoint), "--max-faces", "3"]

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from server_harness import face_tile, jpeg
+from server_harness import face_tile, faces_canvas, jpeg
 
 from server.config import Settings
-from server.pipeline.detect import DetectorWeightsError, SSDFaceDetector, build_detector
+from server.pipeline.boxes import box_iou
+from server.pipeline.detect import DISTILLED_SSD, DetectorWeightsError, SSDFaceDetector, build_detector
 from server.pipeline.detect.network import BlobInput, Res10SSD
 from server.pipeline.detect.ssd import BGR_MEAN
 from training.distill_ssd import FrameMaker, distill_loss, main, thin_state
@@ -85,9 +86,9 @@ def test_distill_runs_resumes_and_writes_weights_the_server_reads(
     assert all(0.0 <= r["recall"] <= 1.0 for r in rows)
 
     weights = out / "best.safetensors"
-    det = build_detector("ssd", ssd_weights=weights)
-    assert isinstance(det, SSDFaceDetector) and det.model.net.width == 0.25
-    assert Settings(ssd_weights=str(weights)).ssd_weights_file() == weights
+    det = build_detector("distilled", ssd_weights=weights)
+    assert isinstance(det, SSDFaceDetector) and det.model.net.width == 0.25 and det.name == "distilled"
+    assert Settings(distilled_weights=weights).distilled_weights == weights  # EMOTION_DISTILLED_WEIGHTS
     frame = torch.from_numpy(np.ascontiguousarray(astronaut)).permute(2, 0, 1)
     assert det.detect([frame])[0].boxes.shape[1] == 4  # runs; four training steps promise no face
 
@@ -103,5 +104,46 @@ def test_unreadable_or_unfitting_distilled_weights_are_named(tmp_path: Path) -> 
     save_file({"conv1.weight": torch.zeros(1)}, str(wrong), metadata={"width": "0.5"})
     with pytest.raises(DetectorWeightsError, match=r"width 0\.5"):
         build_detector("ssd", ssd_weights=wrong)
-    with pytest.raises(ValueError, match="ssd_weights"):
-        Settings(ssd_weights=str(tmp_path / "missing.safetensors"))
+    with pytest.raises(ValueError, match="EMOTION_DISTILLED_WEIGHTS"):
+        Settings(distilled_weights=tmp_path / "missing.safetensors")
+
+
+def test_shipped_distilled_ssd_proposes_the_faces_the_original_finds(
+    teacher: SSDFaceDetector, astronaut: np.ndarray
+) -> None:
+    """The default detector's proposer: at its proposal threshold, every face the original finds on
+    real photos is among its proposals (IoU >= 0.7); a frame of noise gets none."""
+    from server.pipeline.runner import DISTILLED_PROPOSAL_FLOOR
+
+    distilled = build_detector("distilled")
+    assert isinstance(distilled, SSDFaceDetector) and distilled.weights == DISTILLED_SSD
+    assert distilled.model.net.width == 0.5
+    noise = np.random.default_rng(0).integers(0, 255, (480, 640, 3), np.uint8)
+    images = [astronaut, faces_canvas(astronaut), faces_canvas(astronaut, (64, 96, 128)), noise]
+    tensors = [torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1) for img in images]
+    want, got = teacher.detect(tensors), distilled.detect(tensors, DISTILLED_PROPOSAL_FLOOR)
+    assert [len(d) for d in want] == [1, 3, 3, 0] and len(got[-1]) == 0
+    for w, g in zip(want[:3], got[:3], strict=True):
+        assert float(box_iou(w.boxes, g.boxes).max(1).values.min()) >= 0.7
+
+
+def test_server_default_detector_keeps_the_original_ssds_faces_and_framing(
+    teacher: SSDFaceDetector, astronaut: np.ndarray
+) -> None:
+    """``EMOTION_DETECTOR=distilled``, as the server builds it (the distilled SSD proposes, the original
+    SSD's region pass confirms and frames): the original's faces, each framed by the original at the
+    region pass's scale, as streams and BlazeFace's proposals are (IoU >= 0.7 with the whole-image box)."""
+    from server.pipeline.roi import ProposedRegions
+    from server.pipeline.runner import build_pipeline
+
+    assert Settings().detector == "distilled"
+    detector = build_pipeline(Settings(warmup=False), "cpu").detector
+    assert isinstance(detector, ProposedRegions) and not detector.keep_unconfirmed
+    noise = np.random.default_rng(0).integers(0, 255, (480, 640, 3), np.uint8)
+    images = [astronaut, faces_canvas(astronaut), faces_canvas(astronaut, (64, 96, 128)), noise]
+    tensors = [torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1) for img in images]
+    want, got = teacher.detect(tensors), detector.detect(tensors)
+    for w, g in zip(want, got, strict=True):
+        assert len(g) == len(w)
+        if len(w):
+            assert float(box_iou(w.boxes, g.boxes).max(1).values.min()) >= 0.7

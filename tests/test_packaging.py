@@ -50,6 +50,12 @@ def test_server_distribution_ships_the_code_checkpoint_and_commands(tmp_path: Pa
         "server/checkpoints/emotion-resnet18.int8.bin",
     } <= set(names)
     assert "server/checkpoints/ssd-int8/res10-ssd-int8.bin" in names
+    # the distilled SSD (the default detector's proposer) and its int8 build
+    assert {
+        "server/checkpoints/ssd-half/res10-ssd-half.safetensors",
+        "server/checkpoints/ssd-half/res10-ssd-half.int8.xml",
+        "server/checkpoints/ssd-half/res10-ssd-half.int8.bin",
+    } <= set(names)
     assert "server/checkpoints/blazeface/face_detection_back.tflite" in names  # EMOTION_DETECTOR=blazeface
     assert "server/api/web/index.html" in names and "emotion_service/analyzer.py" in names
     assert not any(n.startswith(("client/", "shared/")) for n in names)  # those come from emotion-service

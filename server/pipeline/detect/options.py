@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 #: The detector backends, by the name settings and the command line use.
-DetectorName = Literal["ssd", "haar", "blazeface"]
+DetectorName = Literal["distilled", "ssd", "haar", "blazeface"]
 DETECTORS: tuple[str, ...] = get_args(DetectorName)
 #: What settings accept: a backend, or ``auto`` (:func:`resolve_detector`).
-DetectorChoice = Literal["auto", "ssd", "haar", "blazeface"]
+DetectorChoice = Literal["auto", "distilled", "ssd", "haar", "blazeface"]
 DETECTOR_CHOICES: tuple[str, ...] = get_args(DetectorChoice)
 
 
@@ -35,6 +35,8 @@ def detector_input(kind: str, ssd_input: tuple[int, int]) -> str:
     images, 256x320 for portrait, 320x320 near square)."""
     if kind == "blazeface":
         return "128x128+320x256 (SSD 96x96 per face)"
+    if kind == "distilled":
+        return "{}x{} (SSD 96x96 per face)".format(*ssd_input)
     if kind == "haar":
         return "image"
     return "{}x{}".format(*ssd_input)

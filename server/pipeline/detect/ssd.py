@@ -81,6 +81,7 @@ class SSDFaceDetector:
         self.options = options or DetectorOptions()
         self.device = torch.device(device)
         self.weights = weights
+        self.name = "ssd" if weights is None else "distilled"
         self.prior_specs, self.output_spec = read_specs(files.prototxt)
         anchors = tuple(len(s.box_sizes) for s in self.prior_specs)
         if weights is None:

@@ -1,10 +1,10 @@
-"""Which weights the SSD runs: OpenCV's original res10 network or a thinner one distilled from it.
+"""Which weights an SSD runs: OpenCV's original res10 network or a thinner one distilled from it.
 
 The distilled network (``training.distill_ssd``) has the original's layers with every channel count
-scaled (``width``), the same priors and outputs, and was trained to reproduce the original's outputs;
-it is shipped beside the classifier (:data:`DISTILLED_SSD`, half width) and is the server's default
-because it does ~1/4 of the work for the same faces (docs/benchmarks.md, "Distilled face detector").
-Its file is a safetensors state dict whose metadata names its width and head layout.
+scaled (``width``), the same priors and outputs, and was trained to reproduce the original's outputs.
+The shipped one (:data:`DISTILLED_SSD`, half width) proposes faces for ``EMOTION_DETECTOR=distilled``,
+the default, in ~1/3 of the original's time (docs/detection.md, "The distilled SSD"). Its file is a
+safetensors state dict whose metadata names its width and head layout.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from server.pipeline.detect.files import DetectorWeightsError
 DISTILLED_SSD = (
     Path(__file__).resolve().parents[2] / "checkpoints" / "ssd-half" / "res10-ssd-half.safetensors"
 )
-#: ``EMOTION_SSD_WEIGHTS`` names besides a path.
+#: Names commands take besides a path (``training.quantize_ssd --weights``, the benches).
 SSD_WEIGHT_NAMES = ("distilled", "original")
 
 
