@@ -20,6 +20,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import sys
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -120,7 +121,8 @@ def detector_at(spec: str, threshold: float, backend: str) -> FaceDetector:
     if spec == "distilled" or spec == "blazeface":
         from server.pipeline.runner import build_pipeline
 
-        settings = Settings(detector=spec, score_threshold=threshold, min_face_size=1, warmup=False)
+        kind: Literal["distilled", "blazeface"] = "distilled" if spec == "distilled" else "blazeface"
+        settings = Settings(detector=kind, score_threshold=threshold, min_face_size=1, warmup=False)
         return build_pipeline(settings, "cpu").detector
     spec, _, weights_name = spec.partition("@")
     weights = resolve_ssd_weights(weights_name or "original")
