@@ -1,4 +1,4 @@
-"""The default detector (``EMOTION_DETECTOR=distilled``: the half-width SSD distilled from the res10 SSD
+"""The distilled detector (``EMOTION_DETECTOR=distilled``: the half-width SSD distilled from the res10 SSD
 proposes, the res10 SSD's region pass confirms and frames each face) against the res10 SSD over the
 whole image (``ssd``), and the distilled SSD alone, each as the server builds it (OpenVINO with the
 int8 builds on the CPU).

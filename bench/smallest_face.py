@@ -50,7 +50,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sizes",
         default="distilled,300x300,300x300@distilled,300x300:float,400x300,320x240,240x180,blazeface",
-        help="detectors as the server builds them (distilled, the default; blazeface) and the SSD alone at "
+        help="detectors as the server builds them (distilled, blazeface) and the SSD alone at "
         "inputs WxH (int8 where a build ships; WxH:float without int8; WxH@distilled: the distilled SSD "
         "alone)",
     )
@@ -117,7 +117,7 @@ def scenes(
 def detector_at(spec: str, threshold: float, backend: str) -> FaceDetector:
     """The SSD alone at input ``WxH`` (``WxH:float``: without its int8 build; ``WxH@distilled`` or
     ``WxH@FILE``: a distilled network alone), or a detector as the server builds it: ``distilled`` (the
-    default: the distilled SSD proposes, the SSD's region pass confirms), ``blazeface``."""
+    distilled SSD proposes, the SSD's region pass confirms), ``blazeface``."""
     if spec == "distilled" or spec == "blazeface":
         from server.pipeline.runner import build_pipeline
 

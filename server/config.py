@@ -64,9 +64,9 @@ class Settings(BaseSettings):
     checkpoint: Path = DEFAULT_CHECKPOINT
 
     detector: DetectorChoice = Field(
-        default="distilled",
-        description="distilled (a half-width SSD distilled from the res10 SSD proposes, the res10 SSD "
-        "confirms and frames each face), ssd (the res10 SSD over the whole image), blazeface (CPU with "
+        default="ssd",
+        description="ssd (the res10 SSD over the whole image), distilled (a half-width SSD distilled from "
+        "the res10 SSD proposes, the res10 SSD confirms and frames each face), blazeface (CPU with "
         "OpenVINO: BlazeFace proposes, the SSD confirms and frames), haar, or auto (blazeface where "
         "OpenVINO runs the models, else ssd).",
     )

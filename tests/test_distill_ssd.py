@@ -111,7 +111,7 @@ def test_unreadable_or_unfitting_distilled_weights_are_named(tmp_path: Path) -> 
 def test_shipped_distilled_ssd_proposes_the_faces_the_original_finds(
     teacher: SSDFaceDetector, astronaut: np.ndarray
 ) -> None:
-    """The default detector's proposer: at its proposal threshold, every face the original finds on
+    """``EMOTION_DETECTOR=distilled``'s proposer: at its proposal threshold, every face the original finds on
     real photos is among its proposals (IoU >= 0.7); a frame of noise gets none."""
     from server.pipeline.runner import DISTILLED_PROPOSAL_FLOOR
 
@@ -127,7 +127,7 @@ def test_shipped_distilled_ssd_proposes_the_faces_the_original_finds(
         assert float(box_iou(w.boxes, g.boxes).max(1).values.min()) >= 0.7
 
 
-def test_server_default_detector_keeps_the_original_ssds_faces_and_framing(
+def test_distilled_detector_keeps_the_original_ssds_faces_and_framing(
     teacher: SSDFaceDetector, astronaut: np.ndarray
 ) -> None:
     """``EMOTION_DETECTOR=distilled``, as the server builds it (the distilled SSD proposes, the original
@@ -136,8 +136,7 @@ def test_server_default_detector_keeps_the_original_ssds_faces_and_framing(
     from server.pipeline.roi import ProposedRegions
     from server.pipeline.runner import build_pipeline
 
-    assert Settings().detector == "distilled"
-    detector = build_pipeline(Settings(warmup=False), "cpu").detector
+    detector = build_pipeline(Settings(detector="distilled", warmup=False), "cpu").detector
     assert isinstance(detector, ProposedRegions) and not detector.keep_unconfirmed
     noise = np.random.default_rng(0).integers(0, 255, (480, 640, 3), np.uint8)
     images = [astronaut, faces_canvas(astronaut), faces_canvas(astronaut, (64, 96, 128)), noise]

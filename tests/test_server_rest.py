@@ -60,11 +60,10 @@ def test_health_ready_info(srv: LiveServer) -> None:
     info = httpx.get(srv.url + "/v1/info").json()
     assert info["classes"] == list(EMOTIONS)
     assert info["model"]["version"].startswith("test-") and info["model"]["input_size"] == 48
-    assert info["detector"]["kind"] == "distilled" and info["device"] == "cpu"
-    assert info["detector"]["input_size"] == "300x300 (SSD 96x96 per face)"
+    assert info["detector"]["kind"] == "ssd" and info["device"] == "cpu"
+    assert info["detector"]["input_size"] == "300x300"
     assert info["backend"] in ("torch", "openvino") and info["flip_tta"] is False
-    # What the networks compute in: on the CPU with OpenVINO the face detector's shipped int8 build (the
-    # whole-image network's: the distilled SSD's).
+    # What the networks compute in: on the CPU with OpenVINO the face detector's shipped int8 build.
     cpu_int8 = info["backend"] == "openvino" and os.environ.get("EMOTION_CPU_PRECISION", "auto") == "auto"
     assert info["detector"]["precision"] in (("int8",) if cpu_int8 else ("bf16", "f32", "float32"))
     assert info["model"]["precision"] in ("bf16", "f32", "float32")
