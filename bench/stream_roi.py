@@ -143,7 +143,7 @@ def follow_rates(
     from server.config import Settings
     from server.pipeline.backend import compile_module, resolve_backend
     from server.pipeline.decode import DecodedImage
-    from server.pipeline.detect import DetectorOptions, SSDFaceDetector, build_detector, ssd_int8_build
+    from server.pipeline.detect import DetectorOptions, SSDFaceDetector, build_detector
     from server.pipeline.roi import RegionDetector, RegionPlanner
     from server.pipeline.runner import Job, build_pipeline
 
@@ -155,8 +155,8 @@ def follow_rates(
         det = build_detector("ssd", DetectorOptions(input_size=(size, size)))
         assert isinstance(det, SSDFaceDetector)
         example = det.preprocess([torch.zeros((3, size, size), dtype=torch.uint8)])
-        # the server's build: int8 where one ships for the size (96x96), else float
-        det.model = compile_module(det.model, example, backend, int8=ssd_int8_build((size, size)))
+        # the server's build: region passes run float (server.pipeline.runner.build_pipeline)
+        det.model = compile_module(det.model, example, backend)
         roi[size] = RegionDetector(det)
     reference = build_detector("ssd", DetectorOptions(score_threshold=0.5, min_face_size=1))
     assert isinstance(reference, SSDFaceDetector)

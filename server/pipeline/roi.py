@@ -145,9 +145,10 @@ class ProposedRegions:
     it frames faces a little differently and misses a few (82.4% vs 83.3% on held-out real photos,
     epoch-7 weights), so it proposes at ``proposal_floor`` (0.15: a recall stage) and only the faces the
     original SSD confirms are kept (``keep_unconfirmed=False``), in the original's framing:
-    docs/detection.md, "The distilled SSD". BlazeFace (``EMOTION_DETECTOR=blazeface``):
+    docs/detection.md, "The distilled SSD".
 
-    on the CPU, BlazeFace proposes faces in ~5 ms where the SSD over the whole image takes
+    BlazeFace (``EMOTION_DETECTOR=blazeface``): on the CPU it proposes faces in ~5 ms where the SSD
+    over the whole image takes
     ~9-11 ms, and finds more of the small ones; but the classifier was trained on crops of the
     SSD's boxes, and BlazeFace's boxes, even mapped to the SSD's framing, cost ~1.5 points on
     real photos (docs/benchmarks.md). The region pass gives the SSD's framing at a tenth of its
