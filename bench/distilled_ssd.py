@@ -41,9 +41,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from server.config import Settings  # noqa: E402
-from server.pipeline.boxes import box_iou  # noqa: E402
 from server.pipeline.runner import build_pipeline  # noqa: E402
 from server.pipeline.types import FaceDetector  # noqa: E402
+from training.distill_ssd import FaceMatch  # noqa: E402
 from training.photo_crops import is_heldout, person_of  # noqa: E402
 
 SECTION = "## Distilled face detector (CPU)"
@@ -98,26 +98,16 @@ def frames(data: Path, n: int) -> list[np.ndarray]:
 
 def agreement(ref: FaceDetector, other: FaceDetector, images: list[np.ndarray]) -> dict[str, float]:
     """Of ``ref``'s faces, the share ``other`` finds (IoU >= 0.5), the faces it adds, matched IoUs."""
-    ref_faces = found = extra = 0
-    ious: list[float] = []
+    match = FaceMatch()
     for img in images:
         t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
-        want, got = ref.detect([t])[0].boxes, other.detect([t])[0].boxes
-        ref_faces += len(want)
-        if not len(want) or not len(got):
-            extra += len(got)
-            continue
-        iou = box_iou(want, got)
-        best = iou.max(1).values
-        found += int((best >= 0.5).sum())
-        ious += best[best >= 0.5].tolist()
-        extra += int((iou.max(0).values < 0.5).sum())
+        match.add(ref.detect([t])[0].boxes, other.detect([t])[0].boxes)
     return {
-        "faces": ref_faces,
-        "found": found / max(ref_faces, 1),
-        "extra": extra,
-        "median_iou": float(np.median(ious)) if ious else 0.0,
-        "p10_iou": float(np.percentile(ious, 10)) if ious else 0.0,
+        "faces": match.faces,
+        "found": match.recall,
+        "extra": match.extra,
+        "median_iou": match.median_iou(),
+        "p10_iou": float(np.percentile(match.ious, 10)) if match.ious else 0.0,
     }
 
 

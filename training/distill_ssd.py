@@ -28,6 +28,7 @@ import argparse
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -303,13 +304,42 @@ def distill_loss(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor,
     return conf + loc
 
 
+@dataclass
+class FaceMatch:
+    """A reference detector's faces against another's, image by image: the reference's faces the other
+    finds (IoU >= 0.5), the faces it adds, and the matched boxes' IoUs."""
+
+    faces: int = 0
+    found: int = 0
+    extra: int = 0
+    ious: list[float] = field(default_factory=list)
+
+    def add(self, want: torch.Tensor, got: torch.Tensor) -> None:
+        """One image's (K, 4) boxes of the reference (``want``) and of the other detector (``got``)."""
+        self.faces += len(want)
+        if not len(want) or not len(got):
+            self.extra += len(got)
+            return
+        iou = box_iou(want, got)
+        best = iou.max(1).values
+        self.found += int((best >= 0.5).sum())
+        self.ious += best[best >= 0.5].tolist()
+        self.extra += int((iou.max(0).values < 0.5).sum())
+
+    @property
+    def recall(self) -> float:
+        return self.found / max(self.faces, 1)
+
+    def median_iou(self) -> float:
+        return float(np.median(self.ious)) if self.ious else 0.0
+
+
 @torch.inference_mode()
 def validate(
     student: torch.nn.Module, teacher: torch.nn.Module, det: SSDFaceDetector, frames: torch.Tensor
 ) -> dict[str, float]:
     """The teacher's faces the student finds (IoU >= 0.5), the student's extra faces, matched IoU."""
-    found = total = extra = 0
-    ious: list[float] = []
+    match = FaceMatch()
     for chunk in frames.split(32):
         outs = []
         for net in (teacher, student):
@@ -320,23 +350,14 @@ def validate(
             keep = select_detections(boxes, scores, 0.5, det.output_spec)
             outs.append([boxes[i, k] for i, k in enumerate(keep)])
         for t_boxes, s_boxes in zip(*outs, strict=True):
-            total += len(t_boxes)
-            if not len(t_boxes) or not len(s_boxes):
-                extra += len(s_boxes)
-                continue
-            iou = box_iou(t_boxes, s_boxes)
-            best = iou.max(1).values
-            found += int((best >= 0.5).sum())
-            ious += best[best >= 0.5].tolist()
-            extra += int((iou.max(0).values < 0.5).sum())
-    recall = found / max(total, 1)
-    precision = found / max(found + extra, 1)
+            match.add(t_boxes, s_boxes)
+    precision = match.found / max(match.found + match.extra, 1)
     return {
-        "teacher_faces": total,
-        "recall": recall,
-        "extra": extra,
-        "f1": 2 * recall * precision / max(recall + precision, 1e-9),
-        "median_iou": float(np.median(ious)) if ious else 0.0,
+        "teacher_faces": match.faces,
+        "recall": match.recall,
+        "extra": match.extra,
+        "f1": 2 * match.recall * precision / max(match.recall + precision, 1e-9),
+        "median_iou": match.median_iou(),
     }
 
 
