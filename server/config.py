@@ -225,12 +225,14 @@ class Settings(BaseSettings):
             raise ValueError("detector input sides must be within 32..2048 pixels")
         return value
 
-    @field_validator("distilled_weights")
-    @classmethod
-    def _distilled_exists(cls, value: Path) -> Path:
-        if not value.is_file():
-            raise ValueError(f"distilled SSD weights {value} do not exist (EMOTION_DISTILLED_WEIGHTS)")
-        return value
+    @model_validator(mode="after")
+    def _distilled_exists(self) -> Settings:
+        """Checked only where it is used: a server on another detector does not need the file."""
+        if self.detector == "distilled" and not self.distilled_weights.is_file():
+            raise ValueError(
+                f"distilled SSD weights {self.distilled_weights} do not exist (EMOTION_DISTILLED_WEIGHTS)"
+            )
+        return self
 
     @field_validator("backend", "cpu_precision", mode="before")
     @classmethod

@@ -105,7 +105,8 @@ def test_unreadable_or_unfitting_distilled_weights_are_named(tmp_path: Path) -> 
     with pytest.raises(DetectorWeightsError, match=r"width 0\.5"):
         build_detector("ssd", ssd_weights=wrong)
     with pytest.raises(ValueError, match="EMOTION_DISTILLED_WEIGHTS"):
-        Settings(distilled_weights=tmp_path / "missing.safetensors")
+        Settings(detector="distilled", distilled_weights=tmp_path / "missing.safetensors")
+    Settings(detector="ssd", distilled_weights=tmp_path / "missing.safetensors")  # not used: not checked
 
 
 def test_shipped_distilled_ssd_proposes_the_faces_the_original_finds(
