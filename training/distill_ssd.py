@@ -368,7 +368,8 @@ def split_photos(data: Path, heldout_fraction: float, salt: str) -> tuple[list[P
     val = [p for p in people if is_heldout(person_of(p), 0.1, "distill-val")]
     if not val and people:  # a small folder: one person validates
         val = [p for p in people if person_of(p) == person_of(people[0])]
-    return [p for p in people if p not in set(val)], val
+    chosen = set(val)
+    return [p for p in people if p not in chosen], val
 
 
 def main(argv: list[str] | None = None) -> None:
