@@ -28,6 +28,28 @@ def test_ids_follow_moving_faces_and_swap_order() -> None:
     assert c_ids[:2] == [a, b] and c_ids[2] not in (a, b)
 
 
+def test_a_face_hidden_while_it_walks_keeps_its_id() -> None:
+    """Seen at 8 px per frame, hidden for 4 frames, seen again 40 px on: its last box overlaps the new one
+    by IoU 0.2 (below the 0.3 threshold), where its velocity puts it by IoU 1."""
+    t = Tracker()
+    face = np.array([100.0, 100.0, 160.0, 160.0])
+    step = np.array([8.0, 0.0, 8.0, 0.0])
+    (tid,) = t.update(face[None])
+    assert t.update((face + step)[None]) == [tid]
+    for _ in range(4):
+        t.update(np.zeros((0, 4)))
+    back = face + 6 * step
+    assert iou_matrix(back, face + step)[0, 0] < t.iou_threshold
+    assert t.update(back[None]) == [tid]
+    # A new face where the hidden one stood still is not taken for it.
+    other = Tracker()
+    (first,) = other.update(face[None])
+    assert other.update(face[None]) == [first]
+    for _ in range(4):
+        other.update(np.zeros((0, 4)))
+    assert other.update(back[None]) != [first]
+
+
 def test_lost_tracks_expire_and_state_is_bounded() -> None:
     t = Tracker(max_missed=2, max_tracks=3)
     (first,) = t.update(np.array([[0, 0, 10, 10]]))

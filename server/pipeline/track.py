@@ -3,6 +3,10 @@
 Webcam faces move little between consecutive frames, so matching boxes by overlap
 is enough to keep a stable ``track_id``; the id lets clients colour faces
 consistently and lets the server smooth each face's scores without mixing faces.
+A track unseen for a few frames (hidden behind another face, or missed by the detector)
+is matched where its last velocity puts it by now, as SORT does with its Kalman filter:
+a face that walks on while hidden would otherwise come back too far from where it was
+last seen to overlap it.
 State is bounded: tracks unseen for ``max_missed`` frames are forgotten.
 """
 
@@ -34,6 +38,17 @@ class Track:
     box: np.ndarray
     missed: int = 0
     scores: np.ndarray | None = None
+    #: Box motion per frame (x1, y1, x2, y2), from its last two sightings; zero for a new track.
+    velocity: np.ndarray | None = None
+
+    def predicted(self) -> np.ndarray:
+        """Where the box should be in the frame being matched: ``missed + 1`` frames after it was seen."""
+        return self.box if self.velocity is None else self.box + self.velocity * (self.missed + 1)
+
+    def seen(self, box: np.ndarray) -> None:
+        """Matched in this frame: the new box, and the motion per frame since the last sighting."""
+        self.velocity = (box - self.box) / (self.missed + 1)
+        self.box, self.missed = box, 0
 
 
 class Tracker:
@@ -52,7 +67,7 @@ class Tracker:
         live = list(self.tracks.values())
         ids: list[int | None] = [None] * len(boxes)
         if live and len(boxes):
-            iou = iou_matrix(boxes, np.stack([t.box for t in live]))
+            iou = iou_matrix(boxes, np.stack([t.predicted() for t in live]))
             used_tracks: set[int] = set()
             for flat in np.argsort(-iou, axis=None):
                 i, j = divmod(int(flat), len(live))
@@ -75,8 +90,7 @@ class Tracker:
                 self._next_id += 1
                 self.tracks[tid] = Track(tid, box)
             else:
-                track = self.tracks[tid]
-                track.box, track.missed = box, 0
+                self.tracks[tid].seen(box)
             out.append(tid)
         self._evict()
         return out
