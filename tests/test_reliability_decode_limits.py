@@ -50,9 +50,12 @@ def test_large_images_are_decoded_at_the_working_size(fmt: str) -> None:
     img[1000:2000, 2000:3000] = 255
     out = decode_image(encode(img, fmt), max_pixels=LIMIT, work_size=(1200, 1200))
     h, w = out.tensor.shape[1:]
-    assert 1200 <= w < 2400 and 1200 <= h < 2400, (w, h)
+    # Reduced by the same factor both ways (crops are square in the tensor's pixels: a tensor reduced
+    # 4x by 2x squashed every face), each side still >= 1200, and no further halving possible.
+    assert 1200 <= min(w, h) < 2400, (w, h)
     assert (out.width, out.height) == (6000, 4500)  # what the client sent
     assert out.scale == pytest.approx((6000 / w, 4500 / h))
+    assert out.scale[0] == pytest.approx(out.scale[1]) and out.scale[0] > 1
     small = decode_image(encode(img[:900, :1200], fmt), max_pixels=LIMIT, work_size=(1200, 1200))
     assert small.tensor.shape[1:] == (900, 1200) and small.scale == (1.0, 1.0)
 
@@ -65,8 +68,9 @@ def test_exif_rotation_applies_to_the_working_size_and_the_reported_size() -> No
     Image.fromarray(img).save(buf, "JPEG", exif=exif.tobytes())
     out = decode_image(buf.getvalue(), max_pixels=LIMIT, work_size=(1200, 1200))
     assert (out.width, out.height) == (3000, 5000)
-    # DCT-scaled by 2 (2500x1500 stored), turned upright (1500x2500), then halved in height only
-    assert tuple(out.tensor.shape[1:]) == (1250, 1500) and out.scale == (2.0, 4.0)
+    # DCT-scaled by 2 (2500x1500 stored), turned upright (1500x2500); halving it again would leave
+    # 750 px across, and a reduction in height only would squash its faces
+    assert tuple(out.tensor.shape[1:]) == (2500, 1500) and out.scale == (2.0, 2.0)
 
 
 def test_crops_of_huge_regions_never_copy_the_image_as_floats(monkeypatch: pytest.MonkeyPatch) -> None:
