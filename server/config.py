@@ -64,11 +64,11 @@ class Settings(BaseSettings):
     checkpoint: Path = DEFAULT_CHECKPOINT
 
     detector: DetectorChoice = Field(
-        default="ssd",
-        description="ssd (the res10 SSD over the whole image), distilled (a half-width SSD distilled from "
-        "the res10 SSD proposes, the res10 SSD confirms and frames each face), blazeface (CPU with "
-        "OpenVINO: BlazeFace proposes, the SSD confirms and frames), haar, or auto (blazeface where "
-        "OpenVINO runs the models, else ssd).",
+        default="distilled",
+        description="distilled (a half-width SSD distilled from the res10 SSD finds the faces; the "
+        "res10 SSD confirms and frames those it is unsure of), ssd (the res10 SSD over the whole image), "
+        "blazeface (CPU with OpenVINO: BlazeFace proposes, the SSD confirms and frames), haar, or "
+        "auto (blazeface where OpenVINO runs the models, else ssd).",
     )
     detector_input_size: Annotated[tuple[int, int], NoDecode] = Field(
         default=(300, 300),
@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     )
     distilled_weights: Path = Field(
         default=DISTILLED_SSD,
-        description="The distilled SSD that proposes faces for EMOTION_DETECTOR=distilled: the shipped "
+        description="The distilled SSD of EMOTION_DETECTOR=distilled (the default): the shipped "
         "half-width one, or a file written by python -m training.distill_ssd.",
     )
     score_threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="Default minimum detector score.")

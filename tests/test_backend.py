@@ -203,13 +203,15 @@ def test_pipeline_with_flip_tta(backend: str, astronaut: np.ndarray, tiny_checkp
     from server.api.options import default_options
     from server.config import Settings
     from server.pipeline.decode import DecodedImage
+    from server.pipeline.roi import ProposedRegions
     from server.pipeline.runner import Job, build_pipeline
 
     settings = Settings(checkpoint=tiny_checkpoint, backend=backend, flip_tta=True)
     pipe = build_pipeline(settings, "cpu")
     assert pipe.classifier.flip_tta
-    assert isinstance(pipe.detector, SSDFaceDetector)
+    assert isinstance(pipe.detector, ProposedRegions)  # the default, distilled: its proposer is an SSD
+    assert isinstance(pipe.detector.proposer, SSDFaceDetector)
     expect_ov = resolve_backend(backend, "cpu") == "openvino"
-    assert isinstance(pipe.detector.model, torch.nn.Module) is not expect_ov
+    assert isinstance(pipe.detector.proposer.model, torch.nn.Module) is not expect_ov
     result = pipe.run([Job(DecodedImage(chw(astronaut), 0.0), default_options(settings))])[0]
     assert len(result.faces) == 1 and abs(float(result.faces[0].probs.sum()) - 1.0) < 1e-4

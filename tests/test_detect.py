@@ -294,7 +294,7 @@ def test_one_registry_of_detector_names(tiny_checkpoint: Path) -> None:
     settings ``auto``, resolved by the backend)."""
     assert DETECTORS == ("distilled", "ssd", "haar", "blazeface")
     assert ("auto", *DETECTORS) == DETECTOR_CHOICES
-    assert Settings(checkpoint=tiny_checkpoint).detector == "ssd"
+    assert Settings(checkpoint=tiny_checkpoint).detector == "distilled"
     for name in DETECTORS:
         settings = load_settings(
             ["--detector", name, "--checkpoint", str(tiny_checkpoint), "--max-faces", "3"]

@@ -131,9 +131,9 @@ def test_shipped_distilled_ssd_proposes_the_faces_the_original_finds(
 def test_distilled_detector_keeps_the_original_ssds_faces_and_framing(
     teacher: SSDFaceDetector, astronaut: np.ndarray
 ) -> None:
-    """``EMOTION_DETECTOR=distilled``, as the server builds it (the distilled SSD proposes, the original
-    SSD's region pass confirms and frames): the original's faces, each framed by the original at the
-    region pass's scale, as streams and BlazeFace's proposals are (IoU >= 0.7 with the whole-image box)."""
+    """``EMOTION_DETECTOR=distilled``, as the server builds it (the distilled SSD proposes; faces it is sure
+    of are kept in its framing, the original SSD's region pass confirms and frames the others): the
+    original's faces, framed within IoU 0.7 of the original's whole-image boxes."""
     from server.pipeline.roi import ProposedRegions
     from server.pipeline.runner import build_pipeline
 
@@ -147,3 +147,29 @@ def test_distilled_detector_keeps_the_original_ssds_faces_and_framing(
         assert len(g) == len(w)
         if len(w):
             assert float(box_iou(w.boxes, g.boxes).max(1).values.min()) >= 0.7
+
+
+def test_sure_proposals_skip_the_region_pass_and_pieces_of_a_sure_face_are_dropped(
+    astronaut: np.ndarray,
+) -> None:
+    """A face the distilled SSD scores >= DISTILLED_TRUST costs no region pass; of the doubtful proposals,
+    one lying on a sure face (a piece of it) is dropped, one elsewhere is left for the region pass."""
+    from server.pipeline.roi import ProposedRegions, _split_trusted
+    from server.pipeline.runner import DISTILLED_PROPOSAL_FLOOR, DISTILLED_TRUST, build_pipeline
+    from server.pipeline.types import Detections
+
+    detector = build_pipeline(Settings(detector="distilled", warmup=False), "cpu").detector
+    assert isinstance(detector, ProposedRegions) and detector.trust_above == DISTILLED_TRUST
+    image = torch.from_numpy(np.ascontiguousarray(astronaut)).permute(2, 0, 1)
+    proposals = detector.proposer.detect([image], DISTILLED_PROPOSAL_FLOOR)[0]
+    sure, doubtful = _split_trusted([proposals], DISTILLED_TRUST)
+    assert len(sure[0]) == 1  # her face; the doubtful proposals lie elsewhere in the photo
+    before = detector.refiner.regions
+    found = detector.detect([image])[0]
+    assert detector.refiner.regions - before == len(doubtful[0])  # the face itself was not searched again
+    assert len(found) == 1 and torch.equal(found.boxes, sure[0].boxes.float())  # in the proposer's framing
+
+    face, piece, elsewhere = [100.0, 100.0, 200.0, 220.0], [150.0, 180.0, 190.0, 215.0], [400, 50, 460, 120]
+    boxes = torch.tensor([face, piece, elsewhere], dtype=torch.float32)
+    trusted, doubtful = _split_trusted([Detections(boxes, torch.tensor([0.99, 0.3, 0.4]))], DISTILLED_TRUST)
+    assert torch.equal(trusted[0].boxes, boxes[:1]) and torch.equal(doubtful[0].boxes, boxes[2:])

@@ -60,8 +60,8 @@ def test_health_ready_info(srv: LiveServer) -> None:
     info = httpx.get(srv.url + "/v1/info").json()
     assert info["classes"] == list(EMOTIONS)
     assert info["model"]["version"].startswith("test-") and info["model"]["input_size"] == 48
-    assert info["detector"]["kind"] == "ssd" and info["device"] == "cpu"
-    assert info["detector"]["input_size"] == "300x300"
+    assert info["detector"]["kind"] == "distilled" and info["device"] == "cpu"
+    assert info["detector"]["input_size"] == "300x300 (SSD 96x96 per doubtful face)"
     assert info["backend"] in ("torch", "openvino") and info["flip_tta"] is False
     # What the networks compute in: on the CPU with OpenVINO the face detector's shipped int8 build.
     cpu_int8 = info["backend"] == "openvino" and os.environ.get("EMOTION_CPU_PRECISION", "auto") == "auto"

@@ -23,6 +23,15 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (area_a[:, None] + area_b - inter)
 
 
+def box_inside_share(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N, 4) and (M, 4) boxes -> (N, M) share of each ``a`` box's area that lies inside each ``b`` box."""
+    area_a = ((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])).clamp(min=1e-6)
+    lo = torch.maximum(a[:, None, :2], b[None, :, :2])
+    hi = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = (hi - lo).clamp(min=0)
+    return wh[..., 0] * wh[..., 1] / area_a[:, None]
+
+
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Indices of the boxes greedy NMS keeps, best score first: a box goes when its IoU with a
     better kept one exceeds ``iou_threshold`` (equal scores keep their input order)."""

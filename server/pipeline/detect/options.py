@@ -36,7 +36,7 @@ def detector_input(kind: str, ssd_input: tuple[int, int]) -> str:
     if kind == "blazeface":
         return "128x128+320x256 (SSD 96x96 per face)"
     if kind == "distilled":
-        return "{}x{} (SSD 96x96 per face)".format(*ssd_input)
+        return "{}x{} (SSD 96x96 per doubtful face)".format(*ssd_input)
     if kind == "haar":
         return "image"
     return "{}x{}".format(*ssd_input)
