@@ -140,12 +140,13 @@ class ProposedRegions:
     """Whole-image detection in two steps: a fast detector proposes the faces, and the SSD around
     each proposal (the streams' region pass, :class:`RegionDetector`) confirms it and draws its box.
 
-    Two proposers use it. The distilled SSD (``EMOTION_DETECTOR=distilled``, opt-in): a half-width
-    SSD trained to reproduce the original's outputs over the whole image in ~1/3 of its time; alone
-    it frames faces a little differently and misses a few (82.4% vs 83.3% on held-out real photos,
-    epoch-7 weights), so it proposes at ``proposal_floor`` (0.15: a recall stage) and only the faces the
-    original SSD confirms are kept (``keep_unconfirmed=False``), in the original's framing:
-    docs/detection.md, "The distilled SSD".
+    Two proposers use it. The distilled SSD (``EMOTION_DETECTOR=distilled``, the default): a half-width
+    SSD trained to reproduce the original's outputs over the whole image in ~1/2 of its time; alone it
+    fires on some round textured things and misses a few faces, so it proposes at ``proposal_floor``
+    (0.15: a recall stage). Proposals scoring >= ``trust_above`` (0.9) are kept in its own framing
+    without a region pass; the doubtful rest, less those lying on a sure face, must be confirmed by the
+    region pass (``keep_unconfirmed=False``) and are then framed by the original: docs/detection.md,
+    "The distilled SSD".
 
     BlazeFace (``EMOTION_DETECTOR=blazeface``): on the CPU it proposes faces in ~5 ms where the SSD
     over the whole image takes

@@ -38,7 +38,7 @@ class Track:
     box: np.ndarray
     missed: int = 0
     scores: np.ndarray | None = None
-    #: Box motion per frame (x1, y1, x2, y2), from its last two sightings; zero for a new track.
+    #: Box motion per frame (x1, y1, x2, y2), from its last two sightings; None (none yet) for a new track.
     velocity: np.ndarray | None = None
 
     def predicted(self) -> np.ndarray:
