@@ -349,6 +349,31 @@ def test_cuda_matches_cpu(ssd: FaceDetector, canvas: np.ndarray) -> None:
     assert box_iou(ref.boxes, got.boxes.cpu()).diagonal().min() > 0.98
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_pipeline_detects_whole_frames_and_regions_as_the_cpu(canvas: np.ndarray) -> None:
+    """The server's pipeline on the GPU (the default detector, whose region pass confirms doubtful faces,
+    and a stream frame's region pass) finds the faces the CPU's torch path finds (a CPU tensor in the
+    region pass's box arithmetic would fail there)."""
+    from server.config import Settings
+    from server.pipeline.decode import DecodedImage
+    from server.pipeline.roi import search_regions
+    from server.pipeline.runner import Job, PredictOptions, build_pipeline
+
+    settings = Settings(backend="torch", warmup=False)
+    gpu, cpu = build_pipeline(settings, "cuda"), build_pipeline(settings, "cpu")
+    image = DecodedImage(chw(canvas), 0.0)
+    options = PredictOptions(max_faces=10, min_confidence=0.5)
+    (ref,) = cpu.run([Job(image, options)])
+    (got,) = gpu.run([Job(image, options)])
+    assert len(got.faces) == len(ref.faces) == 3
+    boxes = torch.tensor([f.box for f in ref.faces])
+    regions = search_regions(boxes[:1], canvas.shape[1], canvas.shape[0])
+    (ref_roi,) = cpu.run([Job(image, options, regions=regions)])
+    (got_roi,) = gpu.run([Job(image, options, regions=regions)])
+    assert len(got_roi.faces) == len(ref_roi.faces) == 1
+    assert box_iou(torch.tensor([got_roi.faces[0].box]), torch.tensor([ref_roi.faces[0].box])).item() > 0.9
+
+
 def test_one_face_per_image_skips_nms_and_keeps_the_same_face(
     ssd: FaceDetector, astronaut: np.ndarray, canvas: np.ndarray
 ) -> None:

@@ -48,8 +48,8 @@ def search_regions(boxes: torch.Tensor, width: int, height: int) -> torch.Tensor
     cy = (boxes[:, 1] + boxes[:, 3]) * 0.5
     x1 = (cx - side / 2).clamp(max=width - side).clamp(min=0.0)
     y1 = (cy - side / 2).clamp(max=height - side).clamp(min=0.0)
-    x2 = torch.minimum(x1 + side, torch.tensor(float(width)))
-    y2 = torch.minimum(y1 + side, torch.tensor(float(height)))
+    x2 = (x1 + side).clamp(max=float(width))
+    y2 = (y1 + side).clamp(max=float(height))
     return torch.stack([x1, y1, x2, y2], 1).round()
 
 
@@ -115,10 +115,11 @@ class RegionDetector:
             # One face per region: the region follows one face; anything else in it is either a
             # weak false detection (seen at scores ~0.5 beside a face at 0.99), a neighbour's face
             # (found in its own region) or a face the next whole-frame pass will find.
-            b = det.boxes.float() + torch.tensor([ox, oy, ox, oy])
+            # On the detector's device (a GPU's), as the proposals in ``near`` may not be.
+            b = det.boxes.float() + det.boxes.new_tensor([ox, oy, ox, oy], dtype=torch.float32)
             pick = slice(0, 1)
             if targets is not None and len(b):
-                overlap = box_iou(targets[k : k + 1], b)[0]
+                overlap = box_iou(targets[k : k + 1].to(b.device), b)[0]
                 best = int(overlap.argmax())
                 pick = slice(best, best + 1) if float(overlap[best]) >= MATCH_IOU else slice(0, 0)
             boxes[i].append(b[pick])
