@@ -82,8 +82,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--detector",
         choices=DETECTOR_CHOICES,
-        help="face detector (EMOTION_DETECTOR, default ssd; distilled: a distilled SSD proposes, the SSD "
-        "confirms; auto: blazeface with OpenVINO, else ssd)",
+        help="face detector (EMOTION_DETECTOR, default distilled: a distilled SSD finds faces, the res10 "
+        "SSD checks the doubtful ones; ssd: the res10 SSD alone; auto: blazeface with OpenVINO, else ssd)",
     )
     p.add_argument("--detector-input-size", help="SSD input, WxH or one side (default 300x300)")
     p.add_argument("--score-threshold", type=float, help="default minimum detector score (default 0.5)")
