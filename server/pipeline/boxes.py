@@ -12,24 +12,27 @@ import numpy as np
 import torch
 
 
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(N, 4) and (M, 4) ``x1, y1, x2, y2`` boxes -> (N, M) intersection over union."""
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+def _area(boxes: torch.Tensor) -> torch.Tensor:
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def _intersection(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N, 4) and (M, 4) boxes -> (N, M) areas of their overlaps."""
     lo = torch.maximum(a[:, None, :2], b[None, :, :2])
     hi = torch.minimum(a[:, None, 2:], b[None, :, 2:])
     wh = (hi - lo).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    return inter / (area_a[:, None] + area_b - inter)
+    return wh[..., 0] * wh[..., 1]
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N, 4) and (M, 4) ``x1, y1, x2, y2`` boxes -> (N, M) intersection over union."""
+    inter = _intersection(a, b)
+    return inter / (_area(a)[:, None] + _area(b) - inter)
 
 
 def box_inside_share(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(N, 4) and (M, 4) boxes -> (N, M) share of each ``a`` box's area that lies inside each ``b`` box."""
-    area_a = ((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])).clamp(min=1e-6)
-    lo = torch.maximum(a[:, None, :2], b[None, :, :2])
-    hi = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = (hi - lo).clamp(min=0)
-    return wh[..., 0] * wh[..., 1] / area_a[:, None]
+    return _intersection(a, b) / _area(a).clamp(min=1e-6)[:, None]
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:

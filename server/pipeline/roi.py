@@ -129,11 +129,7 @@ class RegionDetector:
             if not b_list:
                 out.append(Detections(torch.zeros((0, 4)), torch.zeros(0)))
                 continue
-            b, s = torch.cat(b_list), torch.cat(s_list)
-            keep = nms(b, s, NMS_IOU)  # sorted by score, descending
-            if max_faces is not None:
-                keep = keep[:max_faces]
-            out.append(Detections(b[keep].contiguous(), s[keep].contiguous()))
+            out.append(_deduplicated(torch.cat(b_list), torch.cat(s_list), max_faces))
         return out
 
 
@@ -194,9 +190,11 @@ class ProposedRegions:
         regions = [search_regions(proposals[i].boxes, images[i].shape[2], images[i].shape[1]) for i in at]
         # Faces close together: each region may hold a neighbour too, so each keeps the face that
         # matches its own proposal (slower: the region SSD then runs its NMS).
-        crowded = any(reaches_another_face(r, proposals[i].boxes) for i, r in zip(at, regions, strict=True))
-        # Trusted faces are not searched again, so a region may reach one unseen by ``crowded``.
-        near = [proposals[i].boxes for i in at] if crowded or trusted is not None else None
+        # With trusted faces, always: they are not searched again, so a region may reach one unseen here.
+        crowded = trusted is not None or any(
+            reaches_another_face(r, proposals[i].boxes) for i, r in zip(at, regions, strict=True)
+        )
+        near = [proposals[i].boxes for i in at] if crowded else None
         refined = self.refiner.detect([images[i] for i in at], regions, min_confidence, max_faces, near=near)
         if self.keep_unconfirmed:
             refined = [
@@ -236,9 +234,8 @@ def _split_trusted(proposals: list[Detections], trust: float) -> tuple[list[Dete
     for p in proposals:
         sure = p.scores >= trust
         left = ~sure
-        if bool(sure.any()) and bool(left.any()):
-            on_face = box_inside_share(p.boxes[left].float(), p.boxes[sure].float()).max(1).values
-            left[left.clone()] = on_face < INSIDE_TRUSTED
+        if bool(sure.any()):
+            left &= box_inside_share(p.boxes.float(), p.boxes[sure].float()).max(1).values < INSIDE_TRUSTED
         trusted.append(Detections(p.boxes[sure], p.scores[sure]))
         doubtful.append(Detections(p.boxes[left], p.scores[left]))
     return trusted, doubtful
@@ -249,7 +246,11 @@ def _merged(a: Detections, b: Detections, max_faces: int | None) -> Detections:
     if not len(a) or not len(b):
         return a if len(a) else b
     boxes = torch.cat([a.boxes.float(), b.boxes.float()])
-    scores = torch.cat([a.scores.float(), b.scores.float()])
+    return _deduplicated(boxes, torch.cat([a.scores.float(), b.scores.float()]), max_faces)
+
+
+def _deduplicated(boxes: torch.Tensor, scores: torch.Tensor, max_faces: int | None) -> Detections:
+    """What NMS keeps at :data:`NMS_IOU` (one face found twice), best first, at most ``max_faces``."""
     keep = nms(boxes, scores, NMS_IOU)[:max_faces]
     return Detections(boxes[keep].contiguous(), scores[keep].contiguous())
 

@@ -253,10 +253,11 @@ def build_pipeline(settings: Settings, device: str) -> Pipeline:
         if isinstance(det, SSDFaceDetector):
             w, h = det.input_size
             example = det.preprocess([torch.zeros((3, h, w), dtype=torch.uint8)])
-            # Region passes run their float build: with `distilled` they frame every face reported, and
-            # their int8 build moved 3 held-out photos' answers off the torch path's (83.25% vs 83.50%;
-            # float 83.66%: docs/detection.md, "The distilled SSD"); for streams int8 measured within
-            # noise of float (docs/benchmarks.md, "Streams: region passes").
+            # Region passes run their float build: when they framed every face `distilled` reported, their
+            # int8 build moved 3 held-out photos' answers off the torch path's (83.25% vs 83.50%; float
+            # 83.66%); now that they check only doubtful faces, int8 would save ~1 ms each for one photo
+            # (83.58%): docs/detection.md, "The distilled SSD". For streams int8 measured within noise of
+            # float (docs/benchmarks.md, "Streams: region passes").
             is_region = region is not None and det is region.detector
             det.model = compile_module(
                 det.model,
