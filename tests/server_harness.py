@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import torch
 from PIL import Image
 from websockets.exceptions import ConnectionClosed
 
@@ -137,6 +138,11 @@ def encode(img: np.ndarray, fmt: str = "JPEG", **options: Any) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format=fmt, **options)
     return buf.getvalue()
+
+
+def chw(img: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) RGB array -> the (3, H, W) uint8 view detectors take, as decoded frames are."""
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
 
 
 def jpeg(img: np.ndarray, quality: int = 90) -> bytes:

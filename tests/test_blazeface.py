@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from dataset_paths import REALFACES
+from server_harness import chw
 from torchvision.ops import box_iou
 
 from server.pipeline.backend import openvino_available
@@ -23,10 +24,6 @@ from server.pipeline.detect import (
 from server.pipeline.detect.blazeface import FRAMING, anchor_centres, to_ssd_framing
 
 pytestmark = pytest.mark.skipif(not openvino_available(), reason="blazeface runs on OpenVINO")
-
-
-def chw(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
 
 
 @pytest.fixture(scope="module")

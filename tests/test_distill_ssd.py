@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from server_harness import face_tile, faces_canvas, jpeg
+from server_harness import chw, face_tile, faces_canvas, jpeg
 
 from server.config import Settings
 from server.pipeline.boxes import box_iou
@@ -89,7 +89,7 @@ def test_distill_runs_resumes_and_writes_weights_the_server_reads(
     det = build_detector("distilled", ssd_weights=weights)
     assert isinstance(det, SSDFaceDetector) and det.model.net.width == 0.25 and det.name == "distilled"
     assert Settings(distilled_weights=weights).distilled_weights == weights  # EMOTION_DISTILLED_WEIGHTS
-    frame = torch.from_numpy(np.ascontiguousarray(astronaut)).permute(2, 0, 1)
+    frame = chw(astronaut)
     assert det.detect([frame])[0].boxes.shape[1] == 4  # runs; four training steps promise no face
 
 
@@ -121,7 +121,7 @@ def test_shipped_distilled_ssd_proposes_the_faces_the_original_finds(
     assert distilled.model.net.width == 0.5
     noise = np.random.default_rng(0).integers(0, 255, (480, 640, 3), np.uint8)
     images = [astronaut, faces_canvas(astronaut), faces_canvas(astronaut, (64, 96, 128)), noise]
-    tensors = [torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1) for img in images]
+    tensors = [chw(img) for img in images]
     want, got = teacher.detect(tensors), distilled.detect(tensors, DISTILLED_PROPOSAL_FLOOR)
     assert [len(d) for d in want] == [1, 3, 3, 0] and len(got[-1]) == 0
     for w, g in zip(want[:3], got[:3], strict=True):
@@ -141,7 +141,7 @@ def test_distilled_detector_keeps_the_original_ssds_faces_and_framing(
     assert isinstance(detector, ProposedRegions) and not detector.keep_unconfirmed
     noise = np.random.default_rng(0).integers(0, 255, (480, 640, 3), np.uint8)
     images = [astronaut, faces_canvas(astronaut), faces_canvas(astronaut, (64, 96, 128)), noise]
-    tensors = [torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1) for img in images]
+    tensors = [chw(img) for img in images]
     want, got = teacher.detect(tensors), detector.detect(tensors)
     for w, g in zip(want, got, strict=True):
         assert len(g) == len(w)
@@ -160,7 +160,7 @@ def test_sure_proposals_skip_the_region_pass_and_pieces_of_a_sure_face_are_dropp
 
     detector = build_pipeline(Settings(detector="distilled", warmup=False), "cpu").detector
     assert isinstance(detector, ProposedRegions) and detector.trust_above == DISTILLED_TRUST
-    image = torch.from_numpy(np.ascontiguousarray(astronaut)).permute(2, 0, 1)
+    image = chw(astronaut)
     proposals = detector.proposer.detect([image], DISTILLED_PROPOSAL_FLOOR)[0]
     sure, doubtful = _split_trusted([proposals], DISTILLED_TRUST)
     assert len(sure[0]) == 1  # her face; the doubtful proposals lie elsewhere in the photo
