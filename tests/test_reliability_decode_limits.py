@@ -78,13 +78,13 @@ def test_crops_of_huge_regions_never_copy_the_image_as_floats(monkeypatch: pytes
     import server.pipeline.crop as crop_module
 
     seen: list[tuple[int, ...]] = []
-    real = crop_module.rgb_to_gray
+    real = crop_module.rgb_to_gray_np  # the CPU's grey conversion
 
-    def spy(rgb: torch.Tensor) -> torch.Tensor:
+    def spy(rgb: np.ndarray) -> np.ndarray:
         seen.append(tuple(rgb.shape))
         return real(rgb)
 
-    monkeypatch.setattr(crop_module, "rgb_to_gray", spy)
+    monkeypatch.setattr(crop_module, "rgb_to_gray_np", spy)
     image = torch.zeros((3, 3000, 4000), dtype=torch.uint8)
     image[:, 500:2500, 1000:3000] = 200
     out = crop_whole_images([image], 48)

@@ -1,5 +1,5 @@
-"""Box overlap and greedy non-maximum suppression, as torchvision's ``box_iou``, ``nms`` and
-``batched_nms`` compute them (the same float32 arithmetic, so the same boxes survive).
+"""Box overlap and greedy non-maximum suppression, as torchvision's ``box_iou`` and ``nms`` compute
+them (the same float32 arithmetic, so the same boxes survive).
 
 Why not torchvision's: importing ``torchvision.ops`` loads ``torch._dynamo`` and triton, +165 MiB
 of idle RSS in every server process for three small functions (docs/benchmarks.md, "Idle memory");
@@ -35,31 +35,33 @@ def box_inside_share(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return _intersection(a, b) / _area(a).clamp(min=1e-6)[:, None]
 
 
+def greedy_nms(boxes: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy NMS of (N, 4) float32 boxes already ordered best first: the indices kept, in order.
+
+    In numpy, with :func:`box_iou`'s float32 arithmetic: a detector's few dozen candidates cost
+    ~10 small ops here, where torch's per-op overhead made NMS a visible share of a CPU request.
+    """
+    lo = np.maximum(boxes[:, None, :2], boxes[None, :, :2])
+    hi = np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+    wh = np.maximum(hi - lo, np.float32(0))
+    inter = wh[..., 0] * wh[..., 1]
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    with np.errstate(invalid="ignore", divide="ignore"):  # an empty box's 0 / 0 overlaps nothing
+        over = inter / (area[:, None] + area - inter) > iou_threshold
+    suppressed = np.zeros(len(boxes), bool)
+    kept = []
+    for i in range(len(boxes)):
+        if not suppressed[i]:
+            kept.append(i)
+            suppressed |= over[i]
+    return np.asarray(kept, dtype=np.int64)
+
+
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Indices of the boxes greedy NMS keeps, best score first: a box goes when its IoU with a
     better kept one exceeds ``iou_threshold`` (equal scores keep their input order)."""
     if not len(boxes):
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     order = scores.argsort(descending=True, stable=True)
-    over = (box_iou(boxes[order], boxes[order]) > iou_threshold).cpu().numpy()
-    suppressed = np.zeros(len(order), bool)
-    kept = []
-    for i in range(len(order)):
-        if not suppressed[i]:
-            kept.append(i)
-            suppressed |= over[i]
-    return order[torch.tensor(kept, dtype=torch.long, device=order.device)]
-
-
-def batched_nms(
-    boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_threshold: float
-) -> torch.Tensor:
-    """:func:`nms` within each group (e.g. image) alone; the kept indices, best score first."""
-    kept = [
-        members[nms(boxes[members], scores[members], iou_threshold)]
-        for members in (torch.nonzero(groups == g).flatten() for g in torch.unique(groups))
-    ]
-    if not kept:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    out = torch.cat(kept)
-    return out[scores[out].argsort(descending=True, stable=True)]
+    kept = greedy_nms(boxes[order].float().cpu().numpy(), iou_threshold)
+    return order[torch.from_numpy(kept).to(order.device)]
