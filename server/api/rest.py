@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -208,16 +208,23 @@ async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
 )
 async def predict(
     request: Request, runtime: ReadyRuntimeDep, query: Annotated[FaceOptions, Query()]
-) -> PredictResponse:
+) -> Response:
     start = time.perf_counter()
     settings = runtime.settings
     data = await read_image_bytes(request, settings.max_body_bytes, settings.body_timeout_s)
     analyzer = runtime.analyzer
     assert analyzer is not None  # ReadyRuntimeDep
     options = resolve_options(settings, query)
-    image = await unless_client_leaves(request, runtime.decode(data))
-    result = await unless_client_leaves(request, runtime.infer(Job(image, options)))
-    return predict_response(image, result, analyzer.classes, analyzer.model, start)
+
+    async def answer() -> PredictResponse:
+        image = await runtime.decode(data)
+        result = await runtime.infer(Job(image, options))
+        return predict_response(image, result, analyzer.classes, analyzer.model, start)
+
+    reply = await unless_client_leaves(request, answer())
+    # Built by our own code from typed values, so FastAPI's second validation of it against
+    # ``response_model`` (which still documents it) is skipped: ~0.1 ms of the event loop a request.
+    return Response(reply.model_dump_json(), media_type="application/json")
 
 
 @router.get(
