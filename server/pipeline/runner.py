@@ -253,12 +253,10 @@ def build_pipeline(settings: Settings, device: str) -> Pipeline:
         if isinstance(det, SSDFaceDetector):
             w, h = det.input_size
             example = det.preprocess([torch.zeros((3, h, w), dtype=torch.uint8)])
-            # Region passes run their float build: when they framed every face `distilled` reported, their
-            # int8 build moved 3 held-out photos' answers off the torch path's (83.25% vs 83.50%; float
-            # 83.66%); now that they check only doubtful faces, int8 would save ~1 ms each for one photo
-            # (83.58%): docs/detection.md, "The distilled SSD". For streams int8 measured within noise of
-            # float (docs/benchmarks.md, "Streams: region passes").
-            is_region = region is not None and det is region.detector
+            # Region passes run their int8 build too (2026-12-07): they now check only doubtful faces, and
+            # int8 made the three-face frame's round trip 21.3 -> 19.7 ms with the same faces found at
+            # 32-120 px (bench/smallest_face.py) and one held-out photo's answer changed (83.58% vs
+            # 83.66%): docs/detection.md, "The distilled SSD".
             det.model = compile_module(
                 det.model,
                 example,
@@ -266,7 +264,7 @@ def build_pipeline(settings: Settings, device: str) -> Pipeline:
                 settings.torch_threads,
                 settings.cpu_precision,
                 settings.cache_dir,
-                int8=None if is_region else ssd_int8_build(det.input_size, det.weights),
+                int8=ssd_int8_build(det.input_size, det.weights),
             )
     return Pipeline(classifier, detector, device, region_detector)
 

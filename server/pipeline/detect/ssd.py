@@ -43,7 +43,7 @@ SSD_INT8 = Path(__file__).resolve().parents[2] / "checkpoints" / "ssd-int8" / "r
 def ssd_int8_build(input_size: tuple[int, int], weights: Path | None = None) -> Path:
     """Where the int8 build for an input size (width, height) is shipped, if it is: for the original
     weights :data:`SSD_INT8` for the whole-image 300x300, ``res10-ssd-int8-WxH.xml`` beside it for others
-    (96x96, made for the streams' region passes, which the server now runs in float); for distilled
+    (96x96, the streams' region passes and the distilled SSD's confirmations); for distilled
     ``weights`` ``NAME.int8.xml`` and ``NAME.int8-WxH.xml`` beside them. The SSD's graph depends on its
     input size, so each size has its own build."""
     whole = tuple(input_size) == DetectorOptions().input_size
