@@ -6,7 +6,8 @@ kernels one expects (int8 / bf16 oneDNN ``brgconv``), or layout conversions, inp
 reference kernels that a change of graph or precision could remove. This builds the server's
 pipeline exactly as it runs (``build_pipeline``, default settings) with OpenVINO's performance
 counters switched on, runs the one-face 640x480 frame's inputs through each compiled network
-(the whole-image SSD, the streams' region SSD, the classifier at batch 1), alternating network
+(the whole-image SSD, distilled by default, the region SSD of streams and of the distilled SSD's
+doubtful faces, the classifier at batch 1), alternating network
 by network as a request does, and sums each layer's time. Counters add a little time per layer,
 so the wall time here is a ceiling of the server's.
 Writes the "## Inside the networks (CPU)" section of docs/benchmarks.md.
@@ -42,7 +43,7 @@ from server.pipeline.crop import crop_faces  # noqa: E402
 from server.pipeline.decode import decode_image  # noqa: E402
 from server.pipeline.detect import SSDFaceDetector  # noqa: E402
 from server.pipeline.preprocess import normalize  # noqa: E402
-from server.pipeline.roi import ROI_INPUT, search_regions  # noqa: E402
+from server.pipeline.roi import ROI_INPUT, ProposedRegions, search_regions  # noqa: E402
 from server.pipeline.runner import build_pipeline  # noqa: E402
 
 SECTION = "## Inside the networks (CPU)"
@@ -77,17 +78,22 @@ def network_inputs() -> dict[str, tuple[OpenVINOModule, Any]]:
     pipe = build_pipeline(Settings(backend="openvino"), "cpu")
     pipe.warmup()
     image = decode_image(frames()["one face"], max_pixels=10**8).tensor
-    det, clf = pipe.detector, pipe.classifier
+    clf = pipe.classifier
+    # The whole-image pass: the distilled SSD under the default `distilled`, the SSD itself under `ssd`.
+    det = pipe.detector.proposer if isinstance(pipe.detector, ProposedRegions) else pipe.detector
     region = pipe.region_detector.detector if pipe.region_detector is not None else None
     if not isinstance(det, SSDFaceDetector) or not isinstance(region, SSDFaceDetector):
-        raise SystemExit("the default configuration is expected: the SSD, with region passes for streams")
-    box = det.detect([image])[0].boxes[:1]
+        raise SystemExit(
+            "an SSD whole-image pass with SSD region passes is expected (EMOTION_DETECTOR=distilled or ssd)"
+        )
+    box = pipe.detector.detect([image])[0].boxes[:1]
     crops = crop_faces([image], [box], clf.meta.crop, clf.input_size)
     x1, y1, x2, y2 = search_regions(box, image.shape[2], image.shape[1])[0].int().tolist()
     face_region = image[:, y1:y2, x1:x2]  # what a stream's region pass looks at
     x = normalize(crops, clf.meta.mean, clf.meta.std).contiguous(memory_format=torch.channels_last)
     named = {
-        f"SSD whole image {det.input_size[0]}x{det.input_size[1]}": (det.model, det.preprocess([image])),
+        f"{'distilled ' if det is not pipe.detector else ''}SSD whole image "
+        f"{det.input_size[0]}x{det.input_size[1]}": (det.model, det.preprocess([image])),
         f"SSD region {ROI_INPUT[0]}x{ROI_INPUT[1]}": (region.model, region.preprocess([face_region])),
         f"classifier {clf.meta.stem} @ {clf.input_size}, batch 1": (clf.model, x),
     }
