@@ -233,12 +233,8 @@ def _split_trusted(proposals: list[Detections], trust: float) -> tuple[list[Dete
     trusted, doubtful = [], []
     for p in proposals:
         sure = p.scores >= trust
-        if bool(sure.all()):  # the usual webcam frame: nothing to check (and ~0.1 ms of torch ops saved)
-            trusted.append(p)
-            doubtful.append(Detections(p.boxes[:0], p.scores[:0]))
-            continue
         left = ~sure
-        if bool(sure.any()):
+        if bool(sure.any()) and bool(left.any()):  # else nothing to check: the usual webcam frame
             left &= box_inside_share(p.boxes.float(), p.boxes[sure].float()).max(1).values < INSIDE_TRUSTED
         trusted.append(Detections(p.boxes[sure], p.scores[sure]))
         doubtful.append(Detections(p.boxes[left], p.scores[left]))
