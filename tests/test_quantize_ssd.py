@@ -54,3 +54,20 @@ def test_quantized_build_is_read_back_and_finds_the_face(astronaut: np.ndarray, 
     at96 = region.preprocess([torch.zeros((3, 96, 96), dtype=torch.uint8)])  # type: ignore[attr-defined]
     assert read_int8(out96, region.model, at96) is not None  # type: ignore[attr-defined]
     assert read_int8(out96, det.model, example) is None  # not for the 300x300 input
+
+    # --float-heads deep: every head but the first keeps float box and score layers.
+    deep = tmp_path / "int8" / "ssd-deep.xml"
+    main(["--data", str(photos), "--out", str(deep), "--float-heads", "deep"])
+    assert json.loads(deep.with_suffix(".json").read_text())["float_heads"] == "deep"
+
+    def quantized_heads(xml: Path) -> set[str]:
+        """The heads whose convolution weights went through a FakeQuantize, e.g. {"loc.0", ...}."""
+        import openvino as ov
+
+        names = [op.get_friendly_name() for op in ov.Core().read_model(xml).get_ops()]
+        heads = {f"{kind}.{i}" for kind in ("loc", "conf") for i in range(6)}
+        return {h for h in heads if any(f".{h}/" in n and "fq_weights" in n for n in names)}
+
+    assert quantized_heads(out) == {f"{kind}.{i}" for kind in ("loc", "conf") for i in range(6)}
+    assert quantized_heads(deep) == {"loc.0", "conf.0"}
+    assert read_int8(deep, ref.model, example) is not None  # type: ignore[attr-defined]
