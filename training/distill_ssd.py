@@ -6,7 +6,8 @@ teacher's outputs are dense (a face probability and box offsets for each of its 
 image is a training example and the student keeps the teacher's priors, decoding and framing, which
 the emotion classifier was fine-tuned on.
 
-The student starts from the teacher's most used channels (:func:`thin_state`). Frames are made on the
+The student starts from the teacher's most used channels (:func:`thin_state`), or a wider student's
+(``--init``). Frames are made on the
 fly from photos of people (only those ``training.photo_crops`` keeps for training; a tenth of those
 people validate) and, optionally, FER2013 training faces: whole photos as a REST upload sends them,
 and 640x480 webcam-like scenes with faces pasted at 30-400 px on textured backgrounds, JPEG-compressed,
@@ -43,6 +44,7 @@ from server.pipeline.detect.network import BlobInput, Res10SSD
 from server.pipeline.detect.nms import select_detections
 from server.pipeline.detect.priors import decode_boxes
 from server.pipeline.detect.ssd import BGR_MEAN
+from server.pipeline.detect.weights import read_distilled
 from training.photo_crops import is_heldout, person_of
 
 #: Channel groups of :class:`Res10SSD` as (parameter, dimension) pairs: every place one set of channels
@@ -378,6 +380,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fer", type=Path, default=None, help="FER2013 (any training.data form): faces to paste")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--width", type=float, default=0.5)
+    p.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="start from a wider distilled student's .safetensors (cut to --width) instead of the teacher",
+    )
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--steps", type=int, default=200, help="steps per epoch")
     p.add_argument("--batch", type=int, default=32)
@@ -396,7 +404,11 @@ def main(argv: list[str] | None = None) -> None:
     teacher = det.model.to(memory_format=torch.channels_last)
     anchors = tuple(len(s.box_sizes) for s in det.prior_specs)
     student = BlobInput(Res10SSD(anchors, width=args.width), BGR_MEAN)
-    student.net.load_state_dict(thin_state(teacher.net.state_dict(), student.net.state_dict()))
+    start = teacher.net.state_dict()
+    if args.init is not None:
+        wider, _, _ = read_distilled(args.init)
+        start = {k: v.float() for k, v in wider.items()}
+    student.net.load_state_dict(thin_state(start, student.net.state_dict()))
     student = student.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=1e-4)
     total = args.epochs * args.steps
