@@ -15,6 +15,7 @@ from server.pipeline.boxes import box_iou
 from server.pipeline.detect import DISTILLED_SSD, DetectorWeightsError, SSDFaceDetector, build_detector
 from server.pipeline.detect.network import BlobInput, Res10SSD
 from server.pipeline.detect.ssd import BGR_MEAN
+from server.pipeline.detect.weights import read_distilled
 from training.distill_ssd import FrameMaker, distill_loss, main, thin_state
 
 
@@ -91,6 +92,16 @@ def test_distill_runs_resumes_and_writes_weights_the_server_reads(
     assert Settings(distilled_weights=weights).distilled_weights == weights  # EMOTION_DISTILLED_WEIGHTS
     frame = chw(astronaut)
     assert det.detect([frame])[0].boxes.shape[1] == 4  # runs; four training steps promise no face
+
+    # --init: a thinner student starts from the shipped half-width one's most used channels (lr 0: as cut)
+    thin = tmp_path / "thin"
+    tiny = ["--width", "0.25", "--steps", "1", "--batch", "2", "--epochs", "1", "--val-frames", "4"]
+    main([*common[:2], "--out", str(thin), *tiny, "--lr", "0", "--init", str(DISTILLED_SSD)])
+    half, _, _ = read_distilled(DISTILLED_SSD)
+    got, width, _ = read_distilled(thin / "best.safetensors")
+    assert width == 0.25
+    want = thin_state({k: v.float() for k, v in half.items()}, got)
+    assert all(torch.equal(got[k].float(), want[k]) for k in want)
 
 
 def test_unreadable_or_unfitting_distilled_weights_are_named(tmp_path: Path) -> None:

@@ -122,7 +122,7 @@ def quantize_ssd(
         "float_heads": float_heads,
     }
     inputs = calibration_inputs(det, photos, seed)
-    options = {}
+    options: dict[str, object] = {}
     if FLOAT_HEADS[float_heads]:
         options["ignored_scope"] = nncf.IgnoredScope(patterns=FLOAT_HEADS[float_heads])
     target = out or ssd_int8_build(input_size, weights)
