@@ -404,11 +404,11 @@ def main(argv: list[str] | None = None) -> None:
     teacher = det.model.to(memory_format=torch.channels_last)
     anchors = tuple(len(s.box_sizes) for s in det.prior_specs)
     student = BlobInput(Res10SSD(anchors, width=args.width), BGR_MEAN)
-    start = teacher.net.state_dict()
+    initial = teacher.net.state_dict()
     if args.init is not None:
         wider, _, _ = read_distilled(args.init)
-        start = {k: v.float() for k, v in wider.items()}
-    student.net.load_state_dict(thin_state(start, student.net.state_dict()))
+        initial = {k: v.float() for k, v in wider.items()}
+    student.net.load_state_dict(thin_state(initial, student.net.state_dict()))
     student = student.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=1e-4)
     total = args.epochs * args.steps
