@@ -16,7 +16,7 @@ from, and the server ignores it (with a warning) for any other weights.
 ``--float-heads deep`` leaves the box and score layers of every head but the first (the largest
 map, where most of their cost is) in float: the distilled build is made so, because in int8 those
 layers moved its boxes far enough from the float network's (median IoU 0.970) to change the
-emotion reported for ~3% of real photos (docs/detection.md, "The CPU path and the torch path").
+emotion reported for ~3% of real photos (docs/detection.md, "Where the difference came from").
 
     python -m training.quantize_ssd --data ../shared/data/realfaces-dev   # ~1 min; needs nncf ([train])
     python -m training.quantize_ssd --data ../shared/data/realfaces-dev --weights distilled --float-heads deep
