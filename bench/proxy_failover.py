@@ -144,7 +144,7 @@ class StreamLog:
 
 
 def stream_client(url: str, jpeg: bytes, t0: float, stop: threading.Event, log: StreamLog) -> None:
-    from client.batch import LockstepStream
+    from client.lockstep import LockstepStream
     from shared.protocol import StreamControl
 
     stream = LockstepStream(url, None, StreamControl(), retry_for=20.0)

@@ -255,7 +255,7 @@ class ImageDirSource(Source):
 
 
 class VideoFileFrames:
-    """`batch.VideoFrames` read by PyAV: the video job (`predict clip.mp4`, `stream --video`) without
+    """`sources.VideoFrames` read by PyAV: the video job (`predict clip.mp4`, `stream --video`) without
     OpenCV. Every frame is decoded (inter-coded video needs its predecessors); every `every`-th is
     kept, with its index in the file and its own timestamp."""
 

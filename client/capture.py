@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from client.errors import UsageError
-from client.sources import Frame, Source
+from client.sources import Frame, Source, VideoFrames
 
 BACKENDS = ("auto", "opencv", "av")
 INSTALL_HINT = (
@@ -55,6 +55,16 @@ def open_source(
     if images is not None:
         return impl.ImageDirSource(images)
     return impl.CameraSource(0 if camera is None else camera)
+
+
+def open_video(path: Path, every: int = 1, capture: str = "auto") -> VideoFrames:
+    """A video file's frames for the batch job (`predict clip.mp4`), read by the backend `capture`
+    names or picks; OSError for a file it cannot decode."""
+    if capture_backend(capture) == "opencv":
+        from client import cv_capture as impl
+    else:
+        from client import av_capture as impl  # type: ignore[no-redef]
+    return impl.VideoFileFrames(path, every)
 
 
 class LatestFrame:

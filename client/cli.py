@@ -259,9 +259,11 @@ def require_opencv(what: str) -> None:
 def cmd_stream_video(args: argparse.Namespace) -> int:
     """`stream --video FILE`: a file is not a webcam, so it is the video job: every frame (or every
     Nth), each answered in order with its source frame index and the video's own timestamp."""
-    from client.batch import JobOptions, RemoteBackend, run_job
+    from client.backends import RemoteBackend
+    from client.batch import run_job
     from client.display import open_viewer
     from client.picture import to_bgr
+    from client.records import JobOptions
 
     if args.record is not None:
         require_opencv("--record")
@@ -272,7 +274,7 @@ def cmd_stream_video(args: argparse.Namespace) -> int:
     recorder: dict[str, object] = {}
 
     def on_frame(image: object, record: object) -> bool:
-        from client.batch import Record
+        from client.records import Record
 
         assert isinstance(record, Record)
         faces = record.reply.faces if record.reply is not None else []
@@ -292,7 +294,7 @@ def cmd_stream_video(args: argparse.Namespace) -> int:
     backend = RemoteBackend(args.server, args.api_key, options)
     try:
         with _jsonl_out(args.jsonl, args.no_display) as out:
-            from client.batch import JsonlWriter
+            from client.writers import JsonlWriter
 
             summary = run_job(
                 [args.video],
@@ -390,17 +392,10 @@ def _plotter(args: argparse.Namespace, n_videos: int) -> Callable[[Path, Path], 
 
 def cmd_job(args: argparse.Namespace) -> int:
     """`analyze` and `predict`: exit 0 when every file was processed, 1 when some were skipped."""
-    from client.batch import (
-        JobOptions,
-        LocalBackend,
-        RemoteBackend,
-        expand,
-        is_video,
-        open_writer,
-        output_format,
-        require_cv2,
-        run_job,
-    )
+    from client.backends import LocalBackend, RemoteBackend
+    from client.batch import expand, is_video, require_cv2, run_job
+    from client.records import JobOptions
+    from client.writers import open_writer, output_format
 
     options = JobOptions(args.max_faces, args.min_confidence, args.detect, args.every)
     if args.annotate is not None:

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from client.errors import CaptureError
-from client.sources import Source, image_files
+from client.sources import Source, VideoFrame, image_files
 
 
 class _ArraySource(Source):
@@ -107,3 +107,36 @@ def encode_jpeg(img: np.ndarray, quality: int) -> bytes:
     if not ok:
         raise CaptureError("JPEG encoding failed")
     return buf.tobytes()
+
+
+class VideoFileFrames:
+    """`sources.VideoFrames` read by OpenCV, as BGR arrays."""
+
+    def __init__(self, path: Path, every: int = 1) -> None:
+        self.path, self.every = path, max(1, every)
+        self._cap = cv2.VideoCapture(str(path))
+        if not self._cap.isOpened():
+            self._cap.release()
+            raise OSError(f"cannot decode video {path} (unsupported container or codec)")
+        count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.total = -(-count // self.every) if count > 0 else None
+
+    def __iter__(self) -> Iterator[VideoFrame]:
+        cap, index = self._cap, 0
+        try:
+            while True:
+                if index % self.every:
+                    if not cap.grab():  # skipped frames are not decoded
+                        return
+                else:
+                    ok, image = cap.read()
+                    if not ok or image is None:
+                        return
+                    yield VideoFrame(index, float(cap.get(cv2.CAP_PROP_POS_MSEC)), image)
+                index += 1
+        finally:
+            cap.release()
+
+    def jpeg(self, frame: VideoFrame, quality: int) -> bytes | None:
+        ok, buf = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        return buf.tobytes() if ok else None

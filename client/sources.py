@@ -1,15 +1,17 @@
-"""What both capture backends implement and share: frames, the `Source` interface, image folders.
+"""What both capture backends implement and share: frames, the `Source` and `VideoFrames` interfaces,
+image folders.
 
 Kept apart from `client.capture` (which picks a backend and runs the capture thread) so that the
-backends (`client.cv_capture`, `client.av_capture`) and the batch jobs (`client.batch`) depend on
-this small module, and nothing on them in turn.
+backends (`client.cv_capture`, `client.av_capture`) and the batch jobs (`client.batch`,
+`client.backends`) depend on this small module, and nothing on them in turn.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from client.errors import CaptureError
 
@@ -70,3 +72,16 @@ class VideoFrame:
     ts_ms: float
     image: Any  # BGR uint8 array (OpenCV) or picture.RgbImage (PyAV): what a window shows
     source: Any = None  # PyAV: the decoded frame, encoded from directly
+
+
+class VideoFrames(Protocol):
+    """Every `every`-th frame of a video file with its index and its own timestamp (not wall clock)."""
+
+    path: Path
+    total: int | None  # frames that will be yielded, when the container says
+
+    def __iter__(self) -> Iterator[VideoFrame]: ...
+
+    def jpeg(self, frame: VideoFrame, quality: int) -> bytes | None:
+        """The frame as a JPEG to send; None if encoding failed."""
+        ...
