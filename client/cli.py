@@ -22,6 +22,9 @@ from client.errors import ClientError, UsageError
 
 DEFAULT_SERVER = os.environ.get("EMOTION_SERVER", "http://127.0.0.1:8000")
 EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 1, 2, 130, 141
+# The extras' modules: an install without one (`pip install -e ".[server]"` brings the
+# `emotion-client` command too) gets a usage error naming the extra instead of a traceback.
+EXTRA_OF_MODULE = {"httpx": "client", "websockets": "client", "tqdm": "client", "matplotlib": "plot"}
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -459,6 +462,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClientError as exc:
         print(f"emotion-client: error: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAIL
+    except ModuleNotFoundError as exc:
+        module = (exc.name or "").partition(".")[0]
+        extra = EXTRA_OF_MODULE.get(module)
+        if extra is None:
+            raise
+        print(
+            f"emotion-client: error: {module} is missing: this command needs the {extra} extra: "
+            f"pip install 'emotion-service[{extra}]' (in a checkout: pip install -e '.[server,{extra}]')",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("emotion-client: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -278,6 +278,35 @@ def test_missing_camera_says_so(capsys: pytest.CaptureFixture[str]) -> None:
     assert "cannot open camera 57" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("module", "command", "extra"),
+    [
+        ("httpx", ["predict", "a.jpg", "--server", "http://127.0.0.1:9"], "client"),
+        ("matplotlib", ["plot", "s.jsonl"], "plot"),
+    ],
+)
+def test_missing_extra_names_it(
+    module: str,
+    command: list[str],
+    extra: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`pip install -e ".[server]"` installs `emotion-client` without the client or plot extra."""
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.jpg").write_bytes(b"")
+    (tmp_path / "s.jsonl").write_text("")
+    for name in [m for m in sys.modules if m == "client.plot" or m.partition(".")[0] == module]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, module, None)  # import MODULE -> ModuleNotFoundError(name=MODULE)
+    assert main(command) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"{module} is missing" in err and f"emotion-service[{extra}]" in err
+
+
 HEADLESS_CV = re.search(r"GUI:\s+NONE", cv2.getBuildInformation()) is not None
 
 
