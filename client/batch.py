@@ -127,12 +127,14 @@ def run_job(
     started = time.perf_counter()
     images = [p for p in files if not is_video(p)]
     videos = [p for p in files if is_video(p)]
-    opened: list[tuple[Path, VideoFrames | None, str | None]] = []
+    opened: list[tuple[Path, VideoFrames | None, tuple[str, str] | None]] = []
     for v in videos:
         try:
             opened.append((v, open_video(v, every, capture), None))
+        except FileNotFoundError as exc:
+            opened.append((v, None, ("not_found", str(exc))))
         except OSError as exc:
-            opened.append((v, None, str(exc)))
+            opened.append((v, None, ("invalid_video", str(exc))))
     totals = [len(images)] + [f.total for _, f, _ in opened if f is not None]
     total = None if any(t is None for t in totals) else sum(t for t in totals if t is not None)
     bar = _progress(total, "frame" if videos else "img", progress)
@@ -160,7 +162,8 @@ def run_job(
                 annotate_image(Path(record.file), record.reply.faces, out)
         for path, frames, error in opened:
             if frames is None:
-                record = failed(str(path), "invalid_video", error or "cannot decode")
+                code, message = error or ("invalid_video", "cannot decode")
+                record = failed(str(path), code, message)
                 writer.write(record)
                 bad(record)
                 continue

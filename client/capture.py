@@ -59,7 +59,9 @@ def open_source(
 
 def open_video(path: Path, every: int = 1, capture: str = "auto") -> VideoFrames:
     """A video file's frames for the batch job (`predict clip.mp4`), read by the backend `capture`
-    names or picks; OSError for a file it cannot decode."""
+    names or picks; FileNotFoundError for a missing file, OSError for one it cannot decode."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
     if capture_backend(capture) == "opencv":
         from client import cv_capture as impl
     else:

@@ -271,6 +271,8 @@ def cmd_stream_video(args: argparse.Namespace) -> int:
     if args.record is not None:
         require_opencv("--record")
         from client.overlay import draw_result
+    if not args.video.is_file():
+        raise UsageError(f"video {args.video} not found (or not a file); check --video FILE")
     options = JobOptions(every=args.every, smoothing=args.smoothing)
 
     viewer = None if args.no_display else open_viewer()

@@ -307,6 +307,35 @@ def test_missing_extra_names_it(
     assert f"{module} is missing" in err and f"emotion-service[{extra}]" in err
 
 
+def test_missing_video_is_not_found(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/client.md: a missing video exits 2 (`stream --video`); in a job it is `not_found`, not a codec."""
+    from client.batch import run_job
+
+    missing = tmp_path / "nope.mp4"
+    assert (
+        main(["stream", "--video", str(missing), "--no-display", "--server", "http://127.0.0.1:9"])
+        == EXIT_USAGE
+    )
+    assert "nope.mp4 not found" in capsys.readouterr().err
+
+    class NoBackend:
+        def images(self, paths: object) -> list[object]:
+            return []
+
+        def close(self) -> None:
+            pass
+
+    records: list[object] = []
+
+    class Collect:
+        def write(self, record: object) -> None:
+            records.append(record)
+
+    summary = run_job([missing], NoBackend(), Collect(), progress=False)  # type: ignore[arg-type]
+    assert summary.bad == [(str(missing), "not_found")]
+    capsys.readouterr()
+
+
 HEADLESS_CV = re.search(r"GUI:\s+NONE", cv2.getBuildInformation()) is not None
 
 
