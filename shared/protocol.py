@@ -91,7 +91,11 @@ class FaceOptions(BaseModel):
         description="At most this many faces (the most confident); default and cap: EMOTION_MAX_FACES.",
     )
     min_confidence: float | None = Field(
-        default=None, ge=0.0, le=1.0, description="Minimum detector score; default: EMOTION_SCORE_THRESHOLD."
+        default=None,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="Minimum detector score; default: EMOTION_SCORE_THRESHOLD.",
     )
     detect: bool | None = Field(
         default=None, description="false: the whole image is one face (already cropped); default true."
@@ -102,7 +106,7 @@ class StreamControl(_Request, FaceOptions):
     """Optional JSON text message a stream client may send at any time; only the fields present change."""
 
     smoothing: float | None = Field(
-        default=None, ge=0.0, lt=1.0, description="EMA factor for per-track scores."
+        default=None, ge=0.0, lt=1.0, allow_inf_nan=False, description="EMA factor for per-track scores."
     )
 
 

@@ -53,6 +53,16 @@ def test_both_surfaces_share_the_bounds(bad: dict[str, Any]) -> None:
             model.model_validate(bad)
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", float("nan")])
+def test_nan_is_not_a_confidence(value: object) -> None:
+    """`?min_confidence=nan` says "finite number", not "should be less than or equal to 1"."""
+    for model in (FaceOptions, StreamControl):
+        with pytest.raises(ValidationError, match="finite number"):
+            model.model_validate({"min_confidence": value})
+    with pytest.raises(ValidationError, match="finite number"):
+        StreamControl.model_validate({"smoothing": value})
+
+
 def test_only_the_stream_control_is_strict() -> None:
     """A typo in a control message is an error; unknown query parameters on REST stay ignored."""
     assert FaceOptions.model_validate({"max_face": 2}) == FaceOptions()
