@@ -81,6 +81,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None  # set while a request head is awaited
         self._head_bytes = 0
+        self._head_tail = b""  # the last bytes of the previous read, for a head's end split across two
         self._message_timer: asyncio.TimerHandle | None = None  # set from head complete to message complete
         self._bodiless_bytes = 0  # bytes received since the last body byte, while a message is open
 
@@ -89,14 +90,18 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self._arm()  # a connection that never sends a request is a slow head too
 
     def data_received(self, data: bytes) -> None:
-        if self._message_timer is not None:
-            self._bodiless_bytes += len(data)  # on_body resets it while the parser runs
-        super().data_received(data)  # may complete the head, which disarms
-        if self._head_timer is not None:
-            self._head_bytes += len(data)
+        if self._message_timer is None:
+            # No message open: these bytes are (the start of) a request head. Counted before the
+            # parser sees them, up to the blank line that ends the head: a head that is complete in
+            # one read is dispatched by the parser at once, so it could not be refused after.
+            self._head_bytes += self._head_part(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._refuse(HEAD_TOO_LARGE_RESPONSE, "request head over %d bytes", MAX_HEAD_BYTES)
-        elif self._message_timer is not None and self._bodiless_bytes > MAX_HEAD_BYTES:
+                return
+        else:
+            self._bodiless_bytes += len(data)  # on_body resets it while the parser runs
+        super().data_received(data)  # may complete the head, which disarms
+        if self._message_timer is not None and self._bodiless_bytes > MAX_HEAD_BYTES:
             self._refuse(
                 TRAILERS_TOO_LARGE_RESPONSE,
                 "over %d bytes of trailers or chunk framing",
@@ -109,6 +114,14 @@ class BoundedHeadProtocol(HttpToolsProtocol):
             self.timeout_keep_alive_task = self.loop.call_later(
                 self.timeout_keep_alive, self.timeout_keep_alive_handler
             )
+
+    def _head_part(self, data: bytes) -> int:
+        """The bytes of ``data`` up to the end of the head (all of them if it does not end
+        in it); the end is looked for across the previous read too, as ``\r\n\r\n`` may be split."""
+        tail = self._head_tail
+        self._head_tail = data[-3:]
+        end = (tail + data).find(b"\r\n\r\n")
+        return len(data) if end < 0 else max(0, end + 4 - len(tail))
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -169,6 +182,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
             self._head_timer.cancel()
             self._head_timer = None
         self._head_bytes = 0
+        self._head_tail = b""
 
     def _expired(self) -> None:
         self._head_timer = None
