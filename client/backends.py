@@ -169,7 +169,7 @@ class RemoteBackend:
                     time.sleep(backoff.next_delay())
                     continue
                 if exc.status in PER_FILE_STATUSES or exc.status == 503:
-                    return failed(str(path), exc.code or f"http_{exc.status}", str(exc))
+                    return failed(str(path), exc.code or f"http_{exc.status}", exc.detail or str(exc))
                 raise
         raise AssertionError("unreachable")
 

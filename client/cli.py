@@ -403,6 +403,11 @@ def cmd_job(args: argparse.Namespace) -> int:
     from client.writers import open_writer, output_format
 
     options = JobOptions(args.max_faces, args.min_confidence, args.detect, args.every)
+    if args.server and (args.device != "auto" or args.checkpoint is not None):
+        raise UsageError(
+            "--device and --checkpoint are for in-process analysis (`analyze` without --server); "
+            f"the server at {args.server} uses its own model and device"
+        )
     if args.annotate is not None:
         require_cv2()  # fail before any work when OpenCV (the [camera] extra) is missing
     files = expand(args.paths)

@@ -22,9 +22,12 @@ class CaptureError(UsageError):
 class ServerError(ClientError):
     """The server answered with an error body, or with something that is not the protocol."""
 
-    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, status: int | None = None, code: str | None = None, detail: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.code = status, code
+        self.detail = detail  # the error body's message alone (without status and code), when there is one
 
 
 class ServerUnavailable(ClientError):

@@ -56,7 +56,7 @@ class LockstepStream:
             self._ws = ws.__enter__()
         except InvalidStatus as exc:
             if exc.response.status_code in AUTH_STATUSES:
-                raise AuthError(f"API key refused by {url}; pass --api-key") from exc
+                raise AuthError(f"API key refused by {url}; check --api-key") from exc
             raise ServerUnavailable(f"{url} refused the stream: HTTP {exc.response.status_code}") from exc
         except (OSError, TimeoutError, WebSocketException) as exc:
             raise ServerUnavailable(f"cannot connect to {url}: {exc or type(exc).__name__}") from exc
@@ -87,9 +87,8 @@ class LockstepStream:
             reason = exc.rcvd.reason if exc.rcvd else ""
             self._ws = None
             if code == 1008:
-                raise AuthError(
-                    f"server closed the stream: policy violation {reason}; check --api-key"
-                ) from exc
+                why = f"policy violation (1008) {reason}".strip()
+                raise AuthError(f"server closed the stream: {why}; check --api-key") from exc
             if code in (1003, 1009):
                 raise ServerError(f"server refused a frame ({code} {reason})") from exc
             raise ServerUnavailable(f"stream closed ({code} {reason})".strip()) from exc

@@ -75,9 +75,12 @@ def _http_error(resp: httpx.Response) -> ClientError:
         f"{body.error.code}: {body.error.message}" if body else resp.text[:200].strip() or resp.reason_phrase
     )
     if resp.status_code in AUTH_STATUSES:
-        return AuthError(f"API key refused by the server (HTTP {resp.status_code} {detail}); pass --api-key")
+        return AuthError(f"API key refused by the server (HTTP {resp.status_code} {detail}); check --api-key")
     return ServerError(
-        f"server error HTTP {resp.status_code}: {detail}", resp.status_code, body.error.code if body else None
+        f"server error HTTP {resp.status_code}: {detail}",
+        resp.status_code,
+        body.error.code if body else None,
+        body.error.message if body else None,
     )
 
 
@@ -187,7 +190,7 @@ class StreamConnection:
             body = parse_error(bytes(exc.response.body or b""))
             detail = f" ({body.error.message})" if body else ""
             if status in AUTH_STATUSES:
-                raise AuthError(f"API key refused by {url}: HTTP {status}{detail}; pass --api-key") from exc
+                raise AuthError(f"API key refused by {url}: HTTP {status}{detail}; check --api-key") from exc
             raise ServerUnavailable(f"{url} rejected the WebSocket handshake: HTTP {status}{detail}") from exc
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             raise ServerUnavailable(f"cannot connect to {url}: {exc or type(exc).__name__}") from exc

@@ -78,6 +78,8 @@ def test_predict_reports_a_bad_file_and_goes_on(
     for doc in (docs[0], docs[2], docs[3]):
         PredictResponse.model_validate(doc)
     assert f"skipped {files['readme']}: unsupported_media_type" in err
+    assert err.count("unsupported_media_type") == 2  # the skip line and the summary, each once
+    assert "HTTP 415" not in docs[1]["error"]["message"]  # type: ignore[index]  # the server's message alone
     assert "4 file(s): 3 image(s)" in err and "1 bad file(s) skipped" in err
     assert sorted(p.name for p in ann.iterdir()) == [
         "astro.annotated.png",
@@ -176,3 +178,15 @@ def test_unreachable_server_ends_the_job(files: dict[str, Path], capsys: pytest.
         == EXIT_FAIL
     )
     assert "cannot reach http://127.0.0.1:9/v1/predict" in capsys.readouterr().err
+
+
+def test_in_process_options_with_a_server_are_a_usage_error(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--device`/`--checkpoint` cannot change a server's model: refused before any work, not ignored."""
+    args = ["predict", str(files["astro"]), "--server", "http://127.0.0.1:9"]
+    assert main([*args, "--device", "cuda:7"]) == 2
+    assert main([*args, "--checkpoint", "nope.safetensors"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("--device and --checkpoint are for in-process analysis") == 2
+    assert "cannot reach" not in err
