@@ -149,6 +149,8 @@ def hostile(astronaut_jpeg: bytes) -> list[Case]:
     header_only = photo[: photo.index(b"\xff\xda") + 20]  # SOF and tables, the scan cut short
     two, two_type = multipart([("image", "a.jpg", photo), ("file", "b.jpg", photo)])
     three, three_type = multipart([("image", f"{i}.jpg", photo) for i in range(3)])
+    twice, twice_type = multipart([("image", "a.jpg", photo), ("image", "b.jpg", photo)])
+    other, other_type = multipart([("image", "a.jpg", photo), ("notes", "n.txt", b"hello")])
     text, text_type = multipart([("image", None, b"not a file")])
     empty, empty_type = multipart([])
     cases = [
@@ -171,6 +173,8 @@ def hostile(astronaut_jpeg: bytes) -> list[Case]:
         ),
         Case("1x4000 PNG", encode(np.zeros((1, 4000, 3), np.uint8), "PNG"), "invalid_image_shape", PNG),
         Case("multipart: image and file", two, "ok", two_type),
+        Case("multipart: 'image' twice", twice, "bad_request", twice_type),
+        Case("multipart: image and another file", other, "ok", other_type),
         Case("multipart: three files", three, "bad_request", three_type),
         Case("multipart: 'image' is a text field", text, "invalid_parameters", text_type),
         Case("multipart: no parts", empty, "invalid_parameters", empty_type),

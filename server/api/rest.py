@@ -157,7 +157,11 @@ async def read_image_bytes(request: Request, limit: int, timeout: float) -> byte
         except MultiPartException as exc:
             raise BadRequest(f"malformed multipart body: {exc.message}") from exc
         try:
-            upload = next((form[f] for f in IMAGE_FIELDS if f in form), None)
+            field = next((f for f in IMAGE_FIELDS if f in form), None)
+            sent = form.getlist(field) if field else []
+            if len(sent) > 1:  # which one would the reply be about?
+                raise BadRequest(f"one image per request: the form has {len(sent)} parts named {field!r}")
+            upload = sent[0] if sent else None
             if not isinstance(upload, UploadFile):
                 raise InvalidParameters("multipart body needs a file field named 'image'")
             data = await upload.read()
