@@ -45,7 +45,8 @@ def test_bundled_checkpoint_reproduces_card_on_private_test(fer2013_path: Path) 
 def test_bundled_checkpoint_on_real_photos_of_held_out_people(realfaces_path: Path, tmp_path: Path) -> None:
     """The whole pipeline (decode, detect, crop, classify), as the server answers, on 200 photos of
     people whose crops were never trained on (``training.photo_crops``' split). The card states
-    83.41% on all 1,230 of them; always answering "neutral" scores the neutral share (~47%)."""
+    82.93% on all 1,230 of them (default detector); always answering "neutral" scores the neutral
+    share (~47%)."""
     for photo in list_photos(realfaces_path):  # the same links training.photo_crops writes
         if photo.label is not None and is_heldout(person_of(photo.path), 0.5):
             _link_heldout(tmp_path, photo)
