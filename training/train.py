@@ -83,7 +83,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-weights", choices=("none", "inv-sqrt"), default="none")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--val-tta", choices=("none", "flip"), default="flip")
-    p.add_argument("--limit", type=int, default=0, help="use at most N samples per split (smoke tests)")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=0,
+        help="use at most N samples per split: one seeded random subset, the same every epoch "
+        "(smoke tests; the model card's 8,000-face fine-tunes)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument(
