@@ -11,8 +11,8 @@ import pytest
 
 from server.model.checkpoint import DEFAULT_CHECKPOINT, read_meta
 from training.evaluate import evaluate_checkpoint
-from training.evaluate_photos import evaluate_photos, list_photos
-from training.photo_crops import _link_heldout, is_heldout, person_of
+from training.evaluate_photos import evaluate_photos
+from training.photo_crops import link_heldout
 
 CARD = Path(__file__).resolve().parent.parent / "docs" / "model-card.md"
 
@@ -47,9 +47,7 @@ def test_bundled_checkpoint_on_real_photos_of_held_out_people(realfaces_path: Pa
     people whose crops were never trained on (``training.photo_crops``' split). The card states
     82.93% on all 1,230 of them (default detector); always answering "neutral" scores the neutral
     share (~47%)."""
-    for photo in list_photos(realfaces_path):  # the same links training.photo_crops writes
-        if photo.label is not None and is_heldout(person_of(photo.path), 0.5):
-            _link_heldout(tmp_path, photo)
+    link_heldout(realfaces_path, tmp_path)  # what `python -m training.photo_crops --heldout-only` writes
     m = evaluate_photos(tmp_path / "heldout", DEFAULT_CHECKPOINT, limit=200, seed=0, progress=False)
     neutral_share = m["per_class_photos"]["neutral"]["support"] / m["n_photos"]
     assert m["n_photos"] == 200

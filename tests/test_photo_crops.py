@@ -138,3 +138,17 @@ def test_rerun_into_the_same_folder_counts_the_same(crops: Path, photos: Path, t
     assert sum(v for k, v in again.items() if k.startswith("heldout_photos/")) == len(
         list(crops.glob("heldout/*/*.jpg"))
     )
+
+
+def test_heldout_only_links_the_same_people_without_a_model(
+    crops: Path, photos: Path, tmp_path: Path
+) -> None:
+    """`--heldout-only`: the held-out photos of the full run, in seconds (the undecodable one too)."""
+    from training.photo_crops import main
+
+    main(["--data", str(photos), "--out", str(tmp_path), "--salt", "t", "--heldout-only"])
+    quick = {p.relative_to(tmp_path) for p in tmp_path.glob("heldout/*/*.jpg")}
+    full = {p.relative_to(crops) for p in crops.glob("heldout/*/*.jpg")}
+    broken = {Path("heldout/happiness/Broken_0001.jpg")} if is_heldout("Broken", 0.5, "t") else set()
+    assert quick == full | broken and full
+    assert not (tmp_path / "crops").exists()

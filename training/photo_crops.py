@@ -18,6 +18,9 @@ otherwise score the model on a face it has memorised).
   evaluation ``emotion-eval --detect --data DIR/heldout``;
 * ``DIR/manifest.json``: counts, the split rule and the settings used.
 
+``--heldout-only`` writes just ``DIR/heldout`` (no model is loaded, nothing is decoded: seconds),
+for scoring a checkpoint on the held-out people without making crops.
+
 The person is the file name without its trailing ``_<digits>`` (``Aaron_Eckhart_0001.jpg``
 -> ``Aaron_Eckhart``); the split is a hash of it, so it is the same on every machine and
 does not move when photos are added.
@@ -180,6 +183,17 @@ def _link_heldout(out: Path, photo: Photo) -> None:
         os.symlink(photo.path.resolve(), link)
 
 
+def link_heldout(data: str | Path, out: str | Path, heldout_fraction: float = 0.5, salt: str = "") -> int:
+    """``out/heldout``: links to every photo of a model class whose person is held out; how many.
+    The same people as :func:`make_crops`; photos that do not decode are linked too (the full run
+    drops them; realfaces-dev has none)."""
+    photos = [p for p in list_photos(data) if p.label is not None]
+    held = [p for p in photos if is_heldout(person_of(p.path), heldout_fraction, salt)]
+    for photo in held:
+        _link_heldout(Path(out), photo)
+    return len(held)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="folder of <class>/<photos>")
@@ -195,7 +209,16 @@ def main(argv: list[str] | None = None) -> None:
         help="comma-separated EMOTION_DETECTOR values, one crop per photo and detector "
         "(e.g. ssd,blazeface); default: the server's detector",
     )
+    p.add_argument(
+        "--heldout-only",
+        action="store_true",
+        help="only link the held-out people's photos into OUT/heldout (no crops, no model; seconds)",
+    )
     args = p.parse_args(argv)
+    if args.heldout_only:
+        n = link_heldout(args.data, args.out, args.heldout_fraction, args.salt)
+        print(f"{n} held-out photos linked under {Path(args.out) / 'heldout'}")
+        return
     detectors = [d for d in args.detectors.split(",") if d]
     manifest = make_crops(
         args.data,
