@@ -7,11 +7,13 @@ when nginx is not installed (Debian: apt-get install nginx; .ci/run installs it)
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.sync.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 failover: Any = importlib.import_module("proxy_failover")
@@ -43,3 +45,25 @@ def test_rest_and_streams_survive_a_replica_kill(tiny_checkpoint: Path, astronau
     assert all(0 < s < 10 for s in r["recovery_s"]), r
     assert r["stream_replies_after"] > 0, r
     assert r["hung_clients"] == 0, r
+
+
+def test_a_browser_page_streams_through_the_proxy(
+    tiny_checkpoint: Path, astronaut_jpeg: bytes, tmp_path: Path
+) -> None:
+    """A browser's stream carries Origin: the proxy's own address (host and port). The server lets it
+    in only when the Host it sees names the same, so every location must forward Host with its port
+    (a location's own proxy_set_header lines drop the server level's)."""
+    env = {"EMOTION_CHECKPOINT": str(tiny_checkpoint), "EMOTION_WARMUP": "false"}
+    replica = failover.ServerProcess(env=env, log_path=tmp_path / "replica.log").start(timeout=120)
+    proxy: Any = None
+    try:
+        proxy = failover.Nginx([replica.port, replica.port], tmp_path).start()
+        ws_url = proxy.url.replace("http://", "ws://") + "/v1/stream"
+        with connect(ws_url, origin=proxy.url, open_timeout=10) as ws:
+            ws.send(astronaut_jpeg)
+            reply = json.loads(ws.recv(timeout=30))
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        replica.stop()
+    assert reply.get("type") == "result", f"the stream was refused through the proxy: {reply}"
