@@ -116,7 +116,9 @@ def test_page_asks_for_the_key_then_streams_and_draws(
         n = browser.wait_for("emotionApp.results >= 4 && emotionApp.results", 45)
         state = browser.evaluate(
             "JSON.stringify({s: emotionApp.status, n: emotionApp.results, lat: emotionApp.latencyMs,"
-            " r: emotionApp.lastResult, dom: document.getElementById('dominant').textContent})"
+            " r: emotionApp.lastResult, dom: document.getElementById('dominant').textContent,"
+            " fills: [...document.querySelectorAll('#bars .fill')].map((e) => e.offsetWidth),"
+            " track: document.querySelector('#bars .track').offsetWidth})"
         )
         browser.wait_for(
             "new Promise((ok) => requestAnimationFrame(() => requestAnimationFrame(() => ok(1))))", 5
@@ -134,6 +136,9 @@ def test_page_asks_for_the_key_then_streams_and_draws(
     assert faces, "the astronaut's face should be detected through the fake camera"
     assert (info["r"]["image"]["width"], info["r"]["image"]["height"]) == (640, 480)
     assert info["dom"].startswith(faces[0]["dominant"])  # the side panel shows the label
+    # ... and its bars: each fill is as wide as its share of the track (an inline span had none).
+    p = faces[0]["emotions"][faces[0]["dominant"]]
+    assert abs(max(info["fills"]) - p * info["track"]) < 3, (info["fills"], info["track"], p)
     assert pixels["opaque"] > 2000, f"boxes, labels and bars should be drawn: {pixels}"
     assert pixels["tinted"] > 300, f"box and label in the dominant emotion's colour: {pixels}"
     assert pixels["opaque"] < pixels["total"] / 3, "the overlay must not cover the video"
