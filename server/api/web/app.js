@@ -156,6 +156,13 @@
     sock.onclose = (ev) => {
       if (ws !== sock) return;
       ws = null;
+      if (ev.code === POLICY_VIOLATION && ev.reason && !/key/i.test(ev.reason)) {
+        // Not about the key (e.g. "origin not allowed": a proxy that rewrites Host): say so, no retry.
+        setStatus('error', 'refused');
+        say(`The server refused the stream: ${ev.reason}.`);
+        markStale();
+        return;
+      }
       if (ev.code === POLICY_VIOLATION) {
         needKey(Boolean(apiKey()));
         return; // retrying with the same key cannot help
