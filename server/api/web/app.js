@@ -146,7 +146,7 @@
     state.sent = 0; // frame indices restart at 0 on every connection, on both sides
     sentAt = new Map();
     sock.onopen = () => {
-      backoff = 500;
+      // backoff is reset by the first result, not here: a busy server (1013) accepts, then closes.
       lastReply = performance.now();
       setStatus('live', 'live');
       say('');
@@ -169,6 +169,7 @@
       }
       if (!state.running) return;
       markStale();
+      say(ev.reason ? `Server closed the stream: ${ev.reason}` : '');
       setStatus('reconnecting', `reconnecting in ${(backoff / 1000).toFixed(1)} s`);
       reconnectTimer = setTimeout(connect, backoff);
       backoff = Math.min(backoff * 2, 10000);
@@ -193,6 +194,7 @@
       return;
     }
     if (msg.type !== 'result') return;
+    backoff = 500;
     const now = performance.now();
     const t0 = sentAt.get(msg.frame);
     for (const k of sentAt.keys()) if (k <= msg.frame) sentAt.delete(k);
