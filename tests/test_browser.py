@@ -206,6 +206,41 @@ def test_page_greys_stale_results_while_reconnecting_then_recovers(
     assert not back_ui["stale"] and back_ui["note"] == "" and back_ui["fps"] != "–", back_ui
 
 
+def test_on_a_phone_labels_clear_the_hud_and_bars_never_cover_the_face(
+    open_settings: Any, chromium_exe: str, camera: Path, tmp_path: Path
+) -> None:
+    """390x844 at 2x: the face sits near the top of a 340 px wide video, where its label used to
+    go under the fps/latency chips; the per-face bars, with no room beside the box, went over it."""
+    with LiveServer(open_settings) as srv:
+        browser = Chromium(chromium_exe, camera, tmp_path / "profile")
+        try:
+            browser.send(
+                "Emulation.setDeviceMetricsOverride", width=390, height=844, deviceScaleFactor=2, mobile=True
+            )
+            browser.send("Page.navigate", url=srv.url + "/")
+            assert browser.wait_for("emotionApp.results >= 3 && emotionApp.drawn.length", 45), (
+                browser.log_tail()
+            )
+            browser.wait_for(NEXT_FRAMES, 5)
+            drawn = json.loads(
+                browser.evaluate("JSON.stringify({faces: emotionApp.drawn, hud: emotionApp.drawn.hud})")
+            )
+            ARTIFACTS.mkdir(exist_ok=True)
+            browser.screenshot(ARTIFACTS / "browser-phone.png")
+        finally:
+            browser.close()
+
+    def overlap(a: list[float], b: list[float]) -> bool:
+        return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+    hud = [0.0, 0.0, drawn["hud"]["right"], drawn["hud"]["bottom"]]
+    for face in drawn["faces"]:
+        assert not overlap(face["label"], hud), drawn
+        assert face["bars"] is None or not (
+            overlap(face["bars"], face["box"]) or overlap(face["bars"], hud)
+        ), drawn
+
+
 def test_remote_camera_page_needs_https_and_works_over_it(
     tiny_checkpoint: Path, open_settings: Any, chromium_exe: str, camera: Path, tmp_path: Path
 ) -> None:

@@ -26,13 +26,13 @@
     keyForm: $('key-form'), keyInput: $('api-key'), dominant: $('dominant'), bars: $('bars'),
     toggle: $('toggle'), mirror: $('mirror'), smoothing: $('smoothing'), smoothingOut: $('smoothing-out'),
     rate: $('rate'), rateOut: $('rate-out'), message: $('message'), result: $('result'),
-    resultNote: $('result-note'),
+    resultNote: $('result-note'), hud: document.querySelector('.hud'),
   };
 
   // Exposed for tests and for poking at from the devtools console.
   const state = {
     status: 'idle', running: false, keyRequired: false, stale: false,
-    sent: 0, results: 0, dropped: 0, fps: 0, latencyMs: null, lastResult: null, error: null,
+    sent: 0, results: 0, dropped: 0, fps: 0, latencyMs: null, lastResult: null, error: null, drawn: [],
   };
   window.emotionApp = state;
 
@@ -278,7 +278,12 @@
       const ox = (w - vw * fit) / 2;
       const oy = (h - vh * fit) / 2;
       const s = fit * (vw / res.image.width);
-      for (const face of res.faces) drawFace(ctx, face, s, ox, oy, res.image.width, dpr);
+      // The HUD chips' box in canvas px: labels and bars go where they do not hide under it.
+      const c = cv.getBoundingClientRect();
+      const r = ui.hud.getBoundingClientRect();
+      const hud = { right: (r.right - c.left + 4) * dpr, bottom: (r.bottom - c.top + 4) * dpr };
+      state.drawn = res.faces.map((face) => drawFace(ctx, face, s, ox, oy, res.image.width, dpr, hud));
+      state.drawn.hud = hud;
     }
     ui.fps.textContent = res && state.fps ? state.fps.toFixed(1) : '–';
     ui.latency.textContent = res && state.latencyMs != null ? Math.round(state.latencyMs) : '–';
@@ -286,7 +291,10 @@
     ui.faces.textContent = res ? res.faces.length : 0;
   }
 
-  function drawFace(ctx, face, s, ox, oy, imageWidth, dpr) {
+  // The lowest y at which a rectangle from x to x + width clears the HUD chips.
+  const clearOfHud = (hud, x, width) => (x < hud.right && x + width > 0 ? hud.bottom : 0);
+
+  function drawFace(ctx, face, s, ox, oy, imageWidth, dpr, hud) {
     const b = face.box;
     const bx = ui.mirror.checked ? imageWidth - b.x - b.w : b.x;
     const x = ox + bx * s;
@@ -305,7 +313,11 @@
     ctx.font = `600 ${14 * dpr}px system-ui, sans-serif`;
     const tw = ctx.measureText(tag).width + 14 * dpr;
     const th = 22 * dpr;
-    const ty = y - th - 4 * dpr >= 0 ? y - th - 4 * dpr : y + h + 4 * dpr;
+    // Above the box; below it when the top edge or the HUD is in the way; inside its top if neither fits.
+    const H = ctx.canvas.height;
+    let ty = y - th - 4 * dpr;
+    const top = clearOfHud(hud, x, tw);
+    if (ty < top) ty = y + h + 4 * dpr + th <= H ? y + h + 4 * dpr : Math.max(y, top) + 4 * dpr;
     ctx.fillStyle = color;
     ctx.beginPath();
     ctx.roundRect ? ctx.roundRect(x, ty, tw, th, 6 * dpr) : ctx.rect(x, ty, tw, th);
@@ -314,15 +326,18 @@
     ctx.textBaseline = 'middle';
     ctx.fillText(tag, x + 7 * dpr, ty + th / 2);
 
-    // Per-emotion bars beside the box (right if it fits, else left).
+    // Per-emotion bars beside the box: right if they fit, else left, else none (never over the
+    // face: on a narrow screen the panel beside the video shows the same numbers).
     const names = ORDER.filter((e) => e in face.emotions);
     const row = 14 * dpr;
     const pw = 130 * dpr;
     const ph = row * names.length + 8 * dpr;
     const W = ctx.canvas.width;
     let px = x + w + 8 * dpr;
-    if (px + pw > W) px = Math.max(0, x - pw - 8 * dpr);
-    const py = Math.min(Math.max(0, y), ctx.canvas.height - ph);
+    if (px + pw > W) px = x - pw - 8 * dpr;
+    const drawn = { box: [x, y, w, h], label: [x, ty, tw, th], bars: null };
+    if (px < 0) return drawn;
+    const py = Math.min(Math.max(clearOfHud(hud, px, pw), y), H - ph);
     ctx.fillStyle = 'rgba(10, 12, 18, 0.68)';
     ctx.fillRect(px, py, pw, ph);
     ctx.font = `${11 * dpr}px system-ui, sans-serif`;
@@ -337,6 +352,8 @@
       ctx.fillStyle = COLORS[name] || '#ccc';
       ctx.fillRect(bx0, ry + 4 * dpr, bw * face.emotions[name], row - 8 * dpr);
     });
+    drawn.bars = [px, py, pw, ph];
+    return drawn; // canvas px, kept in emotionApp.drawn for tests
   }
 
   function renderPanel(res) {
