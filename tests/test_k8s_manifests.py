@@ -89,3 +89,12 @@ def test_hpa_scales_on_a_metric_the_server_exports() -> None:
     assert f"# TYPE {name} gauge" in exported
     adapter = load("prometheus-adapter-values.yaml")["rules"]["custom"]
     assert any(rule["name"]["as"] == name and name in rule["seriesQuery"] for rule in adapter)
+
+
+def test_the_hpa_owns_the_replica_count_and_a_drain_keeps_one_serving() -> None:
+    """A `replicas` in the Deployment would reset the HPA's count on every `kubectl apply`; with
+    the HPA's minimum at the PDB's minAvailable, `kubectl drain` could never evict the last pod."""
+    r = resources()
+    assert "replicas" not in r["Deployment"]["spec"]
+    hpa, pdb = r["HorizontalPodAutoscaler"]["spec"], r["PodDisruptionBudget"]["spec"]
+    assert hpa["minReplicas"] > pdb["minAvailable"]
