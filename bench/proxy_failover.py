@@ -49,17 +49,23 @@ def nginx_binary() -> str | None:
 class Nginx:
     """nginx from the repo's config, its upstream ports and listen port swapped for free ones."""
 
-    def __init__(self, backends: list[int], work: Path, port: int | None = None) -> None:
+    def __init__(
+        self, backends: list[int], work: Path, port: int | None = None, site: str | None = None
+    ) -> None:
+        """``site``: a server block instead of the repo's, with ``{backend}`` and ``{port}`` filled in."""
         binary = nginx_binary()
         if binary is None:
             raise RuntimeError("nginx is not installed (Debian: apt-get install nginx)")
         self.binary, self.work, self.port = binary, work, port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.access_log = work / "access.log"
-        site = CONF.read_text()
-        servers = iter(backends)
-        site = re.sub(r"server 127\.0\.0\.1:\d+", lambda _: f"server 127.0.0.1:{next(servers)}", site)
-        site = re.sub(r"listen 127\.0\.0\.1:\d+", f"listen 127.0.0.1:{self.port}", site)
+        if site is not None:
+            site = site.format(backend=backends[0], port=self.port)
+        else:
+            site = CONF.read_text()
+            servers = iter(backends)
+            site = re.sub(r"server 127\.0\.0\.1:\d+", lambda _: f"server 127.0.0.1:{next(servers)}", site)
+            site = re.sub(r"listen 127\.0\.0\.1:\d+", f"listen 127.0.0.1:{self.port}", site)
         (work / "site.conf").write_text(site)
         user = "user root;\n" if os.geteuid() == 0 else ""  # workers must reach the temp dirs below
         (work / "nginx.conf").write_text(

@@ -59,6 +59,7 @@ def build_server(app: FastAPI, settings: Settings, **overrides: Any) -> Graceful
         "timeout_graceful_shutdown": max(settings.shutdown_timeout_s, 1.0),
         "proxy_headers": True,
         "server_header": False,
+        "root_path": settings.root_path,
     }
     if settings.tls_enabled:
         options["ssl_certfile"] = str(settings.ssl_certfile)
@@ -77,6 +78,9 @@ def get_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", help="bind address (EMOTION_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (EMOTION_PORT, default 8000)")
+    p.add_argument(
+        "--root-path", help="path prefix a proxy serves the server under and strips (EMOTION_ROOT_PATH)"
+    )
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (EMOTION_DEVICE, default auto)")
     p.add_argument("--checkpoint", help="emotion checkpoint .safetensors (EMOTION_CHECKPOINT)")
     p.add_argument(

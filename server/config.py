@@ -58,6 +58,12 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    root_path: str = Field(
+        default="",
+        pattern=r"^(/[^/?#\s]+)*$",
+        description="the path prefix a reverse proxy serves the server under and strips (e.g. /emotion), "
+        "so /docs and /redoc load their assets and API description from under it; default none",
+    )
     device: str = Field(
         default="auto", description="auto (CUDA when available, else CPU), cpu, cuda, cuda:N, mps"
     )
@@ -177,6 +183,12 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         """``EMOTION_SSL_CERTFILE=`` (compose passes unset variables as empty) means no TLS."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("root_path", mode="before")
+    @classmethod
+    def _root_path_without_trailing_slash(cls, value: object) -> object:
+        """``/emotion/`` is ``/emotion``; ``/`` is none."""
+        return value.strip().rstrip("/") if isinstance(value, str) else value
 
     @field_validator("cache_dir", mode="before")
     @classmethod

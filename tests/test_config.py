@@ -39,6 +39,8 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tiny_checkpo
         {"api_keys": "short"},
         {"detector": "yolo"},
         {"stream_max_fps": 0},
+        {"root_path": "emotion"},  # a path prefix starts with /
+        {"root_path": "/a b"},
     ],
 )
 def test_bad_settings_fail_at_startup(tiny_checkpoint: Path, bad: dict[str, Any]) -> None:
@@ -68,6 +70,8 @@ def test_lists_sizes_and_choices_are_parsed_leniently(tiny_checkpoint: Path) -> 
     assert s.detector_input_size == (320, 240) and s.allowed_hosts == ["a.example", "*.b.example"]
     assert (s.backend, s.log_level, s.device, s.tls_enabled) == ("torch", "debug", "cpu", False)
     assert Settings(checkpoint=tiny_checkpoint, detector_input_size=160).detector_input_size == (160, 160)
+    assert Settings(checkpoint=tiny_checkpoint, root_path=" /emotion/ ").root_path == "/emotion"
+    assert Settings(checkpoint=tiny_checkpoint, root_path="/").root_path == ""
 
 
 @pytest.mark.parametrize(

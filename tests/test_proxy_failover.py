@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -67,3 +68,58 @@ def test_a_browser_page_streams_through_the_proxy(
             proxy.stop()
         replica.stop()
     assert reply.get("type") == "result", f"the stream was refused through the proxy: {reply}"
+
+
+PREFIX_SITE = """
+server {{
+  listen 127.0.0.1:{port};
+  location /emotion/ {{
+    proxy_pass http://127.0.0.1:{backend}/;
+    proxy_http_version 1.1;
+    proxy_set_header Host $http_host;
+    proxy_set_header Upgrade $http_upgrade;
+    proxy_set_header Connection "upgrade";
+  }}
+}}
+"""
+
+
+def test_under_a_path_prefix_the_api_docs_and_stream_work(
+    tiny_checkpoint: Path, astronaut_jpeg: bytes, tmp_path: Path
+) -> None:
+    """nginx serves the server under /emotion/ and strips it; with EMOTION_ROOT_PATH=/emotion, /docs
+    and /redoc fetch their assets and the API description from under the prefix too (they are the
+    only absolute URLs the server writes: the page and its stream use relative ones)."""
+    import httpx
+
+    env = {
+        "EMOTION_CHECKPOINT": str(tiny_checkpoint),
+        "EMOTION_WARMUP": "false",
+        "EMOTION_ROOT_PATH": "/emotion",
+    }
+    replica = failover.ServerProcess(env=env, log_path=tmp_path / "replica.log").start(timeout=120)
+    proxy: Any = None
+    try:
+        proxy = failover.Nginx([replica.port], tmp_path, site=PREFIX_SITE).start()
+        base = proxy.url + "/emotion"
+        for page in ("/docs", "/redoc"):
+            html = httpx.get(base + page).text
+            urls = re.findall(r'(?:src|href|url)[=:] *["\']([^"\']+)["\']', html)
+            local = [u for u in urls if u.startswith("/")]
+            assert local and all(u.startswith("/emotion/") for u in local), (page, urls)
+            for u in local:
+                assert httpx.get(proxy.url + u).status_code == 200, u
+        assert httpx.get(base + "/openapi.json").json()["paths"]
+        predicted = httpx.post(
+            base + "/v1/predict", content=astronaut_jpeg, headers={"content-type": "image/jpeg"}
+        )
+        assert predicted.status_code == 200 and predicted.json()["faces"], predicted.text
+        page = httpx.get(base + "/")
+        assert page.status_code == 200 and "app.js" in page.text
+        with connect(base.replace("http://", "ws://") + "/v1/stream", open_timeout=10) as ws:
+            ws.send(astronaut_jpeg)
+            assert json.loads(ws.recv(timeout=30)).get("type") == "result"
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        replica.stop()
