@@ -180,3 +180,21 @@ def test_stop_fails_what_cannot_finish() -> None:
         gate.set()
 
     run(main())
+
+
+def test_stop_fails_an_item_of_a_batch_still_gathering() -> None:
+    """The loop has taken the item from the queue and waits for company when the stop's grace runs
+    out: the item must still get an answer (it used to be dropped, and its caller waited forever)."""
+
+    async def main() -> None:
+        batcher: Batcher[int, int] = Batcher(
+            lambda xs: xs, max_batch_size=8, max_wait_ms=1000, more_coming=lambda: True
+        )
+        batcher.start()
+        gathering = asyncio.create_task(batcher.submit(1))
+        await asyncio.sleep(0.05)  # well inside the 1 s window: the batch is still forming
+        await batcher.stop(timeout=0.05)
+        with pytest.raises(BatcherClosed):
+            await asyncio.wait_for(gathering, 2)
+
+    run(main())

@@ -60,6 +60,8 @@ class Batcher(Generic[T, R]):
         self._more_coming = more_coming
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
         self._inflight: list[asyncio.Future[R]] = []
+        #: Items the loop has taken from the queue for the batch it is still gathering.
+        self._forming: list[tuple[T, asyncio.Future[R]]] = []
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -86,7 +88,7 @@ class Batcher(Generic[T, R]):
         return await fut
 
     async def _collect(self) -> list[tuple[T, asyncio.Future[R]]]:
-        batch = [await self._queue.get()]
+        batch = self._forming = [await self._queue.get()]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait
         while len(batch) < self.max_batch_size:
@@ -110,6 +112,7 @@ class Batcher(Generic[T, R]):
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._collect()
+            self._forming = []
             live = [(item, fut) for item, fut in batch if not fut.done()]  # callers that gave up are skipped
             if not live:
                 self._mark_idle()
@@ -150,7 +153,8 @@ class Batcher(Generic[T, R]):
                 await asyncio.wait_for(self._idle.wait(), timeout)
             except TimeoutError:
                 log.warning("batcher: %d items unfinished after %.1fs; failing them", self.pending, timeout)
-            leftovers = list(self._inflight)  # the loop clears its list when cancelled
+            # The loop clears _inflight when cancelled; a batch still gathering has left the queue.
+            leftovers = list(self._inflight) + [fut for _, fut in self._forming]
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
