@@ -1,8 +1,9 @@
 """``emotion-server``: settings from ``EMOTION_*``, flags on top, then uvicorn.
 
-Uses ``uvicorn.Server`` directly rather than ``uvicorn.run`` only to add one step
-to shutdown: streams get a 1001 "going away" close from the app before uvicorn's
-own connection shutdown (which would send 1012) runs.
+Uses ``uvicorn.Server`` directly rather than ``uvicorn.run`` only to add steps
+to shutdown: streams get a 1001 "going away" close from the app, and the batcher
+finishes or fails (503 ``shutting_down``) the work queued for the model, before uvicorn's
+own connection shutdown (which would send 1012, and cancel requests into a plain 500) runs.
 """
 
 from __future__ import annotations
@@ -43,7 +44,12 @@ class GracefulServer(uvicorn.Server):
         for server in self.servers:  # stop accepting first; uvicorn's own shutdown repeats this harmlessly
             server.close()
         if runtime is not None:
-            await runtime.streams.close_all(1001, "server shutting down", runtime.settings.shutdown_timeout_s)
+            timeout = runtime.settings.shutdown_timeout_s
+            await runtime.streams.close_all(1001, "server shutting down", timeout)
+            if runtime.batcher is not None:
+                # Before uvicorn's own wait, which cancels the requests still waiting for the model
+                # when it runs out (a plain-text 500): they get 503 shutting_down from the batcher.
+                await runtime.batcher.stop(timeout)
         await super().shutdown(sockets)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -145,3 +146,42 @@ def test_cors(limited: LiveServer) -> None:
     assert resp.headers.get("access-control-allow-origin") == "http://app.example"
     resp = httpx.options(limited.url + "/v1/predict", headers={**headers, "Origin": "http://evil.example"})
     assert "access-control-allow-origin" not in resp.headers
+
+
+def test_requests_waiting_for_the_model_at_shutdown_get_503_shutting_down(
+    tiny_checkpoint: Path, astronaut: np.ndarray
+) -> None:
+    """A batch outlasting the grace period: the requests still waiting for the model get the
+    documented 503 ``shutting_down`` ErrorBody, not uvicorn's plain-text 500 of a cancelled task."""
+
+    def slow_factory(settings: Settings) -> EmotionAnalyzer:
+        analyzer = load_analyzer(settings)
+        run_batch = analyzer.run_batch
+
+        def slow(jobs: Any) -> Any:
+            time.sleep(3.0)
+            return run_batch(jobs)
+
+        analyzer.run_batch = slow  # type: ignore[method-assign]
+        return analyzer
+
+    settings = server_settings(tiny_checkpoint, shutdown_timeout_s=1.0, max_batch_size=1)
+    srv = LiveServer(settings, analyzer_factory=slow_factory).start()
+    frame = jpeg(frame_640x480(astronaut))
+
+    async def scenario() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            running = asyncio.create_task(client.post(srv.url + "/v1/predict", content=frame))
+            await asyncio.sleep(0.5)
+            queued = asyncio.create_task(client.post(srv.url + "/v1/predict", content=frame))
+            await asyncio.sleep(0.5)
+            srv.server.should_exit = True  # what SIGTERM does
+            return list(await asyncio.gather(running, queued))
+
+    try:
+        responses = run(scenario())
+    finally:
+        srv.stop()
+    for resp in responses:
+        assert resp.status_code == 503, (resp.status_code, resp.text)
+        assert error_code(resp) == "shutting_down" and "retry-after" in resp.headers
