@@ -198,3 +198,34 @@ def test_stop_fails_an_item_of_a_batch_still_gathering() -> None:
             await asyncio.wait_for(gathering, 2)
 
     run(main())
+
+
+def test_callers_that_gave_up_do_not_fill_the_queue() -> None:
+    """Clients that hung up while queued (REST: unless_client_leaves cancels their wait) still count
+    against max_queue and in ``pending`` (emotion_queue_depth) until the loop reaches them."""
+    gate = threading.Event()
+
+    async def main() -> None:
+        batcher: Batcher[int, int] = Batcher(
+            lambda xs: (gate.wait(5), xs)[1], max_batch_size=1, max_wait_ms=0, max_queue=4
+        )
+        batcher.start()
+        running = asyncio.create_task(batcher.submit(0))
+        await asyncio.sleep(0.05)  # the model is busy with item 0
+        gone = [asyncio.create_task(batcher.submit(i)) for i in range(1, 5)]
+        await asyncio.sleep(0.01)
+        for task in gone:
+            task.cancel()  # their clients disconnected
+        await asyncio.gather(*gone, return_exceptions=True)
+        try:
+            pending = batcher.pending
+            live = asyncio.create_task(batcher.submit(5))
+            await asyncio.sleep(0.01)
+            assert not live.done() or live.exception() is None, repr(live.exception())
+            assert pending == 0, f"pending counts {pending} abandoned items"
+        finally:
+            gate.set()
+            await running
+            await batcher.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 20))

@@ -62,6 +62,9 @@ class Batcher(Generic[T, R]):
         self._inflight: list[asyncio.Future[R]] = []
         #: Items the loop has taken from the queue for the batch it is still gathering.
         self._forming: list[tuple[T, asyncio.Future[R]]] = []
+        #: Queued items whose callers still wait: one whose caller gave up (a REST client that hung
+        #: up) leaves this set at once, though its entry stays in the queue until the loop skips it.
+        self._waiting: set[asyncio.Future[R]] = set()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -74,26 +77,51 @@ class Batcher(Generic[T, R]):
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize()
+        """Queued items whose callers still wait for them (the queue-depth metric)."""
+        return len(self._waiting)
 
     async def submit(self, item: T) -> R:
         """Queue ``item`` and wait for its own result (or the batch's exception)."""
         if self._closed:
             raise BatcherClosed("server is shutting down")
         if self._queue.qsize() >= self.max_queue:
+            self._drop_abandoned()  # callers that gave up must not crowd out live ones
+        if self._queue.qsize() >= self.max_queue:
             raise BatcherFull(f"{self._queue.qsize()} items already waiting")
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._idle.clear()
+        self._waiting.add(fut)
+        fut.add_done_callback(self._waiting.discard)
         self._queue.put_nowait((item, fut))
         return await fut
 
+    def _drop_abandoned(self) -> None:
+        """Takes the entries of callers that gave up out of the queue (and their images out of memory)."""
+        kept = []
+        while not self._queue.empty():
+            entry = self._queue.get_nowait()
+            if not entry[1].done():
+                kept.append(entry)
+        for entry in kept:
+            self._queue.put_nowait(entry)
+
+    async def _get(self) -> tuple[T, asyncio.Future[R]]:
+        entry = await self._queue.get()
+        self._waiting.discard(entry[1])
+        return entry
+
+    def _get_nowait(self) -> tuple[T, asyncio.Future[R]]:
+        entry = self._queue.get_nowait()
+        self._waiting.discard(entry[1])
+        return entry
+
     async def _collect(self) -> list[tuple[T, asyncio.Future[R]]]:
-        batch = self._forming = [await self._queue.get()]
+        batch = self._forming = [await self._get()]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait
         while len(batch) < self.max_batch_size:
             try:
-                batch.append(self._queue.get_nowait())
+                batch.append(self._get_nowait())
                 continue
             except asyncio.QueueEmpty:
                 pass
@@ -103,7 +131,7 @@ class Batcher(Generic[T, R]):
             if remaining <= 0:
                 break
             try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                batch.append(await asyncio.wait_for(self._get(), remaining))
             except TimeoutError:
                 break
         return batch
