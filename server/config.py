@@ -166,7 +166,7 @@ class Settings(BaseSettings):
         description="A stream with no frame this long is closed (4408); 0: never.",
     )
     shutdown_timeout_s: float = Field(
-        default=10.0, ge=0.0, description="Grace period for in-flight work on shutdown."
+        default=10.0, ge=0.0, le=3600.0, description="Grace period for in-flight work on shutdown."
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 

@@ -40,6 +40,7 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tiny_checkpo
         {"detector": "yolo"},
         {"stream_max_fps": 0},
         {"root_path": "emotion"},  # a path prefix starts with /
+        {"shutdown_timeout_s": "inf"},  # would wait forever on SIGTERM
         {"root_path": "/a b"},
     ],
 )
