@@ -156,3 +156,27 @@ def test_the_readme_example_runs(astronaut_jpeg: bytes, tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert re.match(r"x=\d+ y=\d+ w=\d+ h=\d+ \w+ 0\.\d+", proc.stdout), proc.stdout
+
+
+def test_a_requests_faces_do_not_depend_on_its_batch_mates_limits(analyzer: EmotionAnalyzer) -> None:
+    """The server batches concurrent requests: one asking min_confidence=0.05 (or one face) must not
+    change the faces another request gets (the distilled detector's proposals and region passes
+    follow those limits; one shared call gave this frame's third face another box and score)."""
+    import sys
+
+    from server.pipeline.runner import Job
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from vs_fer import frames
+
+    image = analyzer.decode(frames()["three faces"])
+    mine = analyzer.options(None, None, True)
+
+    def faces(result: object) -> list[tuple[list[float], float]]:
+        return [([round(float(v), 3) for v in f.box], round(float(f.score), 4)) for f in result.faces]  # type: ignore[attr-defined]
+
+    alone = faces(analyzer.run_batch([Job(image, mine)])[0])
+    assert len(alone) == 3
+    for mate in ((None, 0.05), (1, None), (None, 0.95)):
+        shared = analyzer.run_batch([Job(image, mine), Job(image, analyzer.options(*mate, True))])
+        assert faces(shared[0]) == alone, mate

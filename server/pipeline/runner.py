@@ -109,19 +109,25 @@ class Pipeline:
     def _detect(
         self, images: list[torch.Tensor], jobs: Sequence[Job]
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Boxes and scores per image; one detector call for the batch, per-job limits applied after."""
+        """Boxes and scores per image: one detector call per kind of pass (whole image, regions) and per
+        (min_confidence, max_faces) in the batch. Those two steer what the detector proposes and checks
+        (the distilled detector's proposals and region passes), so a request's faces must not depend on
+        the limits of the requests that happen to share its batch."""
         out: list[tuple[torch.Tensor, torch.Tensor]] = [(torch.zeros((0, 4)), torch.zeros(0))] * len(jobs)
         detect = [i for i, job in enumerate(jobs) if job.options.detect]
         roi = self.region_detector
         in_regions = [i for i in detect if roi is not None and jobs[i].regions is not None]
         full = [i for i in detect if i not in in_regions]
-        for want in (full, in_regions):
-            if not want:
-                continue
+        calls: list[list[int]] = []
+        for kind in (full, in_regions):
+            alike: dict[tuple[float, int], list[int]] = {}
+            for i in kind:
+                alike.setdefault((jobs[i].options.min_confidence, jobs[i].options.max_faces), []).append(i)
+            calls.extend(alike.values())
+        for want in calls:
             opts = [jobs[i].options for i in want]
-            min_confidence = min(o.min_confidence for o in opts)
-            max_faces = max(o.max_faces for o in opts)
-            if roi is not None and want is in_regions:
+            min_confidence, max_faces = opts[0].min_confidence, opts[0].max_faces
+            if roi is not None and jobs[want[0]].regions is not None:
                 regions = [self._in_tensor_pixels(jobs[i]) for i in want]
                 dets = roi.detect([images[i] for i in want], regions, min_confidence, max_faces)
             else:
