@@ -71,6 +71,7 @@ SERVER_PACKAGE_DATA = {
         "checkpoints/ssd-int8/*",
         "checkpoints/ssd-half/*",
         "api/web/*",
+        "py.typed",  # emotion_service re-exports server types (DecodeError, ...): typed for mypy users
     ],
     "emotion_service": ["py.typed"],
 }

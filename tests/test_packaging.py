@@ -58,6 +58,8 @@ def test_server_distribution_ships_the_code_checkpoint_and_commands(tmp_path: Pa
     } <= set(names)
     assert "server/checkpoints/blazeface/face_detection_back.tflite" in names  # EMOTION_DETECTOR=blazeface
     assert "server/api/web/index.html" in names and "emotion_service/analyzer.py" in names
+    # PEP 561 markers: emotion_service's public names (DecodeError, ...) come from server
+    assert {"emotion_service/py.typed", "server/py.typed"} <= set(names)
     assert not any(n.startswith(("client/", "shared/")) for n in names)  # those come from emotion-service
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "emotion-server = server.cli:main" in whl.read(entry_points).decode()
