@@ -61,6 +61,8 @@ def to_decoded(
     :class:`server.pipeline.decode.DecodeError` subclass on bad input.
     """
     start = time.perf_counter()
+    if channels not in ("rgb", "bgr"):
+        raise ValueError(f"channels must be 'rgb' or 'bgr', not {channels!r}")
     if isinstance(image, str | Path):
         path = Path(image)
         if not path.is_file():
@@ -172,8 +174,8 @@ class EmotionAnalyzer:
     ) -> PredictResponse:
         """Every face in one image, largest first; see :data:`ImageInput` for what ``image`` may be.
 
-        ``channels`` says how to read a numpy array (``"bgr"`` for OpenCV frames); ``detect=False``
-        treats the whole image as one already-cropped face.
+        ``channels`` says how to read a numpy array: ``"rgb"`` or ``"bgr"`` (OpenCV frames); any other
+        value raises ``ValueError``. ``detect=False`` treats the whole image as one already-cropped face.
         """
         return self.analyze_batch(
             [image], channels=channels, max_faces=max_faces, min_confidence=min_confidence, detect=detect

@@ -106,6 +106,13 @@ def test_batch_matches_single_calls(analyzer: EmotionAnalyzer, astronaut: np.nda
     assert_same_faces(batch[1], analyzer.analyze(small))
 
 
+def test_an_unknown_channel_order_is_refused(analyzer: EmotionAnalyzer, astronaut: np.ndarray) -> None:
+    # "BGR" (or "gray") used to be read as RGB without a word: wrong faces, no error
+    for channels in ("BGR", "gray"):
+        with pytest.raises(ValueError, match="channels must be 'rgb' or 'bgr'"):
+            analyzer.analyze(astronaut, channels=channels)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("image", "error"),
     [
