@@ -165,7 +165,7 @@ class EmotionAnalyzer:
 
     def analyze(
         self,
-        image: Any,
+        image: ImageInput,
         *,
         channels: ChannelOrder = "rgb",
         max_faces: int | None = None,
@@ -183,14 +183,23 @@ class EmotionAnalyzer:
 
     def analyze_batch(
         self,
-        images: Sequence[Any],
+        images: Sequence[ImageInput],
         *,
         channels: ChannelOrder = "rgb",
         max_faces: int | None = None,
         min_confidence: float | None = None,
         detect: bool = True,
     ) -> list[PredictResponse]:
-        """Several images in one model batch (faster per image, on a GPU especially); all must decode."""
+        """Several images in one model batch (faster per image, on a GPU especially); all must decode.
+
+        ``images`` is a list (or an NxHxWxC array); one image (a path, bytes, ...) raises ``TypeError``.
+        """
+        if isinstance(images, str | Path | bytes | bytearray | memoryview | Image.Image) or (
+            isinstance(images, np.ndarray) and images.ndim != 4
+        ):
+            raise TypeError(
+                f"analyze_batch takes a list of images, not one {type(images).__name__}: use analyze()"
+            )
         started = time.perf_counter()
         opts = self.options(max_faces, min_confidence, detect)
         decoded = [self.decode(img, channels) for img in images]

@@ -113,6 +113,16 @@ def test_an_unknown_channel_order_is_refused(analyzer: EmotionAnalyzer, astronau
             analyzer.analyze(astronaut, channels=channels)  # type: ignore[arg-type]
 
 
+def test_a_batch_must_be_a_list_of_images(
+    analyzer: EmotionAnalyzer, astronaut: np.ndarray, astronaut_jpeg: bytes
+) -> None:
+    # a str or bytes is a Sequence too: it used to be iterated character by character
+    for one in ("photo.jpg", Path("photo.jpg"), astronaut_jpeg, astronaut):
+        with pytest.raises(TypeError, match="use analyze"):
+            analyzer.analyze_batch(one)  # type: ignore[arg-type]
+    assert len(analyzer.analyze_batch(np.stack([astronaut, astronaut]))) == 2  # N x H x W x 3 is a batch
+
+
 @pytest.mark.parametrize(
     ("image", "error"),
     [
