@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 import torch
 from PIL import Image
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from server.api.options import resolve_options
 from server.api.replies import predict_response
@@ -87,7 +87,12 @@ def to_decoded(
 
 
 class ArgumentSettings(Settings):
-    """The server's settings, from arguments only: a library call does what its arguments say."""
+    """The server's settings, from arguments only: a library call does what its arguments say.
+
+    An unknown name is an error (the server ignores unknown ``EMOTION_*`` variables; a misspelt
+    keyword argument such as ``max_face=3`` must not be dropped without a word)."""
+
+    model_config = SettingsConfigDict(extra="forbid")
 
     @classmethod
     def settings_customise_sources(

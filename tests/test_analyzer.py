@@ -149,6 +149,8 @@ def test_limits_and_options_are_validated(tiny_checkpoint: Path) -> None:
         small.options(min_confidence=1.5)
     with pytest.raises(ValueError, match="device"):
         EmotionAnalyzer(tiny_checkpoint, device="tpu")
+    with pytest.raises(ValueError, match="max_face"):  # a misspelt option is not dropped silently
+        EmotionAnalyzer(tiny_checkpoint, device="cpu", max_face=3)
 
 
 def test_environment_is_not_read(tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
