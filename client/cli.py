@@ -28,11 +28,15 @@ EXTRA_OF_MODULE = {"httpx": "client", "websockets": "client", "tqdm": "client", 
 
 
 class _HelpFormatter(argparse.HelpFormatter):
-    """Appends ``(default: X)`` to every option that has a meaningful default (not None/False)."""
+    """Appends ``(default: X)`` to every option that has a meaningful default (not None/False) and
+    takes a value: a flag's default is the opposite of what it does (``--no-detect``: True)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        shown = action.default not in (None, False, argparse.SUPPRESS) and action.option_strings
+        takes_value = action.nargs != 0
+        shown = (
+            action.default not in (None, False, argparse.SUPPRESS) and action.option_strings and takes_value
+        )
         if shown and "%(default)" not in text and "default" not in text:
             text += " (default: %(default)s)"
         return text

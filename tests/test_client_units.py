@@ -255,6 +255,7 @@ def test_help_shows_defaults_but_never_the_key(
     for text in defaults:
         assert text in out, f"{text!r} missing from {command} --help"
     assert "secret-key-from-env" not in out and "(default: None)" not in out
+    assert "(default: True)" not in out  # `--no-detect ... (default: True)` read as "on by default"
 
 
 def test_api_key_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
