@@ -102,7 +102,9 @@ class ArgumentSettings(Settings):
 
 
 class EmotionAnalyzer:
-    """Faces and their emotions, in-process. Thread-safe for one caller at a time per instance.
+    """Faces and their emotions, in-process. One instance may be called from several threads at
+    once (each call runs its own inference; tests/test_analyzer.py checks 4 threads), though one
+    ``analyze_batch`` of many images is faster than many threads of one.
 
     Keyword options are the server's settings of the same name (``EMOTION_<NAME>``), with the
     same defaults and validation: ``device`` (``auto`` = CUDA when available, else CPU, as the

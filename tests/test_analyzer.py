@@ -199,3 +199,16 @@ def test_a_requests_faces_do_not_depend_on_its_batch_mates_limits(analyzer: Emot
     for mate in ((None, 0.05), (1, None), (None, 0.95)):
         shared = analyzer.run_batch([Job(image, mine), Job(image, analyzer.options(*mate, True))])
         assert faces(shared[0]) == alone, mate
+
+
+def test_one_instance_answers_several_threads_at_once(
+    analyzer: EmotionAnalyzer, astronaut: np.ndarray
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    small = np.ascontiguousarray(astronaut[50:450, 60:460])
+    want = [analyzer.analyze(astronaut), analyzer.analyze(small)]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda k: (k % 2, analyzer.analyze([astronaut, small][k % 2])), range(24)))
+    for k, reply in got:
+        assert_same_faces(reply, want[k])
