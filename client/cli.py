@@ -226,7 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
         help="plot emotions over time per track from a stream --jsonl log",
     )
-    pl.add_argument("session", type=Path, metavar="SESSION.jsonl")
+    pl.add_argument(
+        "session",
+        type=Path,
+        metavar="SESSION.jsonl",
+        help="a log written by `stream --jsonl` (or `stream > FILE`), or by analyze/predict of a video",
+    )
     pl.add_argument(
         "-o",
         "--out",

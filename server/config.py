@@ -269,7 +269,10 @@ class Settings(BaseSettings):
     @classmethod
     def _checkpoint_exists(cls, value: Path) -> Path:
         if not value.is_file():
-            raise ValueError(f"checkpoint {value} does not exist (set EMOTION_CHECKPOINT or --checkpoint)")
+            raise ValueError(
+                f"checkpoint {value} does not exist (server: EMOTION_CHECKPOINT or --checkpoint; "
+                "EmotionAnalyzer: its checkpoint argument)"
+            )
         return value
 
     @field_validator("api_keys")
