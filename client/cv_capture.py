@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cv2
+# FFmpeg's own log lines ("moov atom not found") would come before the client's message for a video
+# it cannot read, which says so; read once, at the first capture. Set it yourself to see them again.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
+import cv2  # after the variable above
 import numpy as np
 
 from client.errors import CaptureError

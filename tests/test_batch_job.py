@@ -190,3 +190,27 @@ def test_in_process_options_with_a_server_are_a_usage_error(
     err = capsys.readouterr().err
     assert err.count("--device and --checkpoint are for in-process analysis") == 2
     assert "cannot reach" not in err
+
+
+def test_an_unreadable_video_is_one_clear_line(files: dict[str, Path]) -> None:
+    """Only the client's own words: FFmpeg's log ("moov atom not found") is silenced (a subprocess,
+    since FFmpeg reads its log level once per process)."""
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "client",
+            "predict",
+            str(files["broken_video"]),
+            "--server",
+            "http://127.0.0.1:9",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == EXIT_FAIL, run.stderr
+    assert "invalid_video" in run.stderr and "moov" not in run.stderr and "@ 0x" not in run.stderr, run.stderr
