@@ -80,6 +80,9 @@ def test_flood_drops_older_frames_and_accounts_for_all(srv: LiveServer, astronau
     assert frames[-1] == sent - 1  # the newest frame always wins
     dropped = sum(r["dropped"] for r in replies)
     assert dropped > 0 and dropped + len(replies) == sent  # every frame answered or counted
+    # each reply counts the frames skipped before it, not those dropped while it was answered
+    previous = [-1, *frames[:-1]]
+    assert [r["dropped"] for r in replies] == [f - p - 1 for p, f in zip(previous, frames, strict=True)]
     assert srv.metric("emotion_stream_dropped_frames_total") - before == dropped
 
 

@@ -301,14 +301,18 @@ class StreamSession:
             self.throttled = False
             frame, self.pending = self.pending, None
             if frame is not None:
+                # The frames dropped so far all came before this one; those dropped while it is
+                # answered come after it, and go in the next reply: `dropped` is the gap in `frame`.
+                skipped, self.dropped = self.dropped, 0
                 self.busy = True
                 try:
-                    await self._answer(frame)
+                    await self._answer(frame, skipped)
                 finally:
                     self.busy = False
                     self.last_activity = time.monotonic()
 
-    async def _answer(self, frame: Frame) -> None:
+    async def _answer(self, frame: Frame, skipped: int) -> None:
+        """Answer ``frame``; ``skipped``: the frames dropped since the previous reply, all before it."""
         runtime = self.runtime
         try:
             image = await runtime.decode(frame.data, formats=("JPEG",))
@@ -317,6 +321,7 @@ class StreamSession:
         except DecodeError as exc:
             raise StreamClosed.for_error(exc, f"frame {frame.index}: {client_message(exc)}") from exc
         except BatcherFull:
+            self.dropped += skipped  # not answered: the next reply counts them, and this frame
             self._drop("overload")  # load shedding, not a failure: the frame is dropped, the stream goes on
             return
         if self.options.detect:
@@ -326,8 +331,7 @@ class StreamSession:
             (tid, self.tracker.smooth(tid, f.probs, self.smoothing))
             for f, tid in zip(result.faces, ids, strict=True)
         ]
-        dropped, self.dropped = self.dropped, 0
-        reply = stream_result(frame.index, image, result, runtime.classes, tracks, dropped, frame.received)
+        reply = stream_result(frame.index, image, result, runtime.classes, tracks, skipped, frame.received)
         await self._send(reply.model_dump(mode="json"))
         runtime.metrics.frames.inc()
         runtime.metrics.frame_latency.observe(time.perf_counter() - frame.received)
