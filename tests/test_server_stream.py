@@ -121,6 +121,26 @@ def test_smoothing_and_options_by_control_message(srv: LiveServer, astronaut: np
     assert after["frame"] == 3
 
 
+def test_control_message_over_4096_bytes_is_refused_unparsed(srv: LiveServer) -> None:
+    valid = '{"smoothing": 0.5' + " " * 1000 + "\u20ac" * 1500 + "}"  # 2518 characters, 5518 bytes
+    assert len(valid) < 4096 < len(valid.encode())
+
+    async def main() -> list[dict[str, Any]]:
+        async with connect(srv.ws_url) as ws:
+            out = []
+            for text in (valid, "x" * 5000):
+                await ws.send(text)
+                out.append(await recv_json(ws))
+        return out
+
+    by_bytes, by_chars = run(main())
+    assert by_bytes["error"] == {
+        "code": "invalid_control",
+        "message": "control message of 5518 bytes; the limit is 4096 bytes",
+    }
+    assert by_chars["error"]["message"] == "control message of 5000 characters; the limit is 4096 bytes"
+
+
 def test_multi_face_stream(srv: LiveServer, astronaut: np.ndarray) -> None:
     async def main() -> dict[str, Any]:
         async with connect(srv.ws_url) as ws:

@@ -260,12 +260,17 @@ class StreamSession:
         self.runtime.metrics.dropped_frames.labels(reason=reason).inc()
 
     async def _on_control(self, text: str) -> None:
-        if len(text) > MAX_CONTROL_BYTES:  # characters >= bytes / 4: refuse before encoding or parsing
+        # More characters than the limit is more bytes too: refused before encoding or parsing.
+        # Fewer may still be more bytes (UTF-8): those are counted.
+        chars = len(text)
+        size = chars if chars > MAX_CONTROL_BYTES else len(text.encode())
+        if size > MAX_CONTROL_BYTES:
+            unit = "characters" if chars > MAX_CONTROL_BYTES else "bytes"
             self.runtime.metrics.errors.labels(code="invalid_control").inc()
             await self._send(
                 error_body(
                     "invalid_control",
-                    f"control message of {len(text)} characters; the limit is {MAX_CONTROL_BYTES} bytes",
+                    f"control message of {size} {unit}; the limit is {MAX_CONTROL_BYTES} bytes",
                 )
             )
             return
