@@ -185,3 +185,48 @@ def test_requests_waiting_for_the_model_at_shutdown_get_503_shutting_down(
     for resp in responses:
         assert resp.status_code == 503, (resp.status_code, resp.text)
         assert error_code(resp) == "shutting_down" and "retry-after" in resp.headers
+
+
+def test_a_streams_last_frame_is_answered_when_the_model_queue_is_full(
+    tiny_checkpoint: Path, astronaut: np.ndarray
+) -> None:
+    """docs/protocol.md: the last frame a client sends is always answered. With the model's queue
+    full (REST requests ahead of it), that frame waits for room instead of being dropped unseen
+    (the client then waited until the idle timeout closed its stream)."""
+
+    def slow_factory(settings: Settings) -> EmotionAnalyzer:
+        analyzer = load_analyzer(settings)
+        run_batch = analyzer.run_batch
+
+        def slow(jobs: Any) -> Any:
+            time.sleep(0.5)
+            return run_batch(jobs)
+
+        analyzer.run_batch = slow  # type: ignore[method-assign]
+        return analyzer
+
+    settings = server_settings(tiny_checkpoint, max_batch_size=1, max_queue=1)
+    srv = LiveServer(settings, analyzer_factory=slow_factory).start()
+    frame = jpeg(frame_640x480(astronaut))
+
+    async def scenario() -> tuple[list[httpx.Response], dict[str, Any], float]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            running = asyncio.create_task(client.post(srv.url + "/v1/predict", content=frame))
+            await asyncio.sleep(0.15)
+            queued = asyncio.create_task(client.post(srv.url + "/v1/predict", content=frame))
+            await asyncio.sleep(0.15)  # the model runs one request, the queue holds the other: full
+            async with connect(srv.ws_url) as ws:
+                sent = time.monotonic()
+                await ws.send(frame)  # the stream's only (so last) frame
+                reply = await recv_json(ws, timeout=15)
+                waited = time.monotonic() - sent
+            return list(await asyncio.gather(running, queued)), reply, waited
+
+    try:
+        responses, reply, waited = run(scenario())
+        overloaded = srv.metric("emotion_stream_dropped_frames_total", reason="overload")
+    finally:
+        srv.stop()
+    assert [r.status_code for r in responses] == [200, 200]
+    assert reply.get("type") == "result" and reply["frame"] == 0 and reply["dropped"] == 0, reply
+    assert waited < 10 and overloaded == 0

@@ -66,6 +66,8 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 MAX_REASON_BYTES = 123  # RFC 6455: a close reason fits in a 125-byte control frame
 #: A StreamControl is under 200 bytes; anything far larger is refused without parsing it.
 MAX_CONTROL_BYTES = 4096
+#: How long a stream's latest frame waits before trying a full model queue again.
+OVERLOAD_RETRY_S = 0.02
 #: Error replies name the first few problems, not all of them (a reply must not outgrow its cause).
 MAX_ERROR_CHARS = 300
 
@@ -321,14 +323,21 @@ class StreamSession:
         runtime = self.runtime
         try:
             image = await runtime.decode(frame.data, formats=("JPEG",))
-            regions = self.regions.regions(image.width, image.height) if self.options.detect else None
-            result = await runtime.infer(Job(image, self.options, regions))
         except DecodeError as exc:
             raise StreamClosed.for_error(exc, f"frame {frame.index}: {client_message(exc)}") from exc
-        except BatcherFull:
-            self.dropped += skipped  # not answered: the next reply counts them, and this frame
-            self._drop("overload")  # load shedding, not a failure: the frame is dropped, the stream goes on
-            return
+        regions = self.regions.regions(image.width, image.height) if self.options.detect else None
+        while True:
+            try:
+                result = await runtime.infer(Job(image, self.options, regions))
+                break
+            except BatcherFull:
+                # Load shedding, not a failure. A newer frame replaces this one; without one this is
+                # the client's latest, which must be answered: it waits for room in the model's queue.
+                if self.pending is not None or self.closing is not None:
+                    self.dropped += skipped  # not answered: the next reply counts them, and this frame
+                    self._drop("overload")
+                    return
+                await asyncio.sleep(OVERLOAD_RETRY_S)
         if self.options.detect:
             self.regions.observe([f.box for f in result.faces], regions)
         ids = self.tracker.update(np.array([f.box for f in result.faces], dtype=np.float64).reshape(-1, 4))
