@@ -154,3 +154,25 @@ def test_init_from_keeps_the_start_network(tiny_fer: Path, tmp_path: Path) -> No
     assert (scratch.stem, scratch.input_size) == (train.DEFAULT_STEM, train.DEFAULT_INPUT_SIZE)
     with pytest.raises(SystemExit, match=r"--init-from: checkpoint .* not found"):
         train.run(train.get_args_parser().parse_args([*tune, "--init-from", str(tmp_path / "none")]))
+
+
+def test_init_from_keeps_the_start_crop_framing(tiny_fer: Path, tmp_path: Path) -> None:
+    """A fine-tune's checkpoint keeps its start's measured crop framing: the server crops detected faces
+    with it, the photo crops it trains on were made with it, and WiSE-FT between the two needs it equal."""
+    from server.model.checkpoint import CheckpointMeta, CropSpec, save_checkpoint
+    from server.model.resnet import build_resnet18
+    from training.interpolate import interpolate
+
+    classes = ["happy", "neutral"]
+    crop = CropSpec(margin=0.1, y_shift=0.05)
+    start = save_checkpoint(
+        tmp_path / "start.safetensors",
+        build_resnet18(2, 1, "s2"),
+        CheckpointMeta(classes=classes, stem="s2", crop=crop),
+    )
+    args = ["--data", str(tiny_fer), "--batch-size", "16", "--classes", ",".join(classes), "--ema", "0"]
+    args += ["--out", str(tmp_path / "tune"), "--epochs", "1", "--init-from", str(start)]
+    train.run(train.get_args_parser().parse_args(args))
+    tuned = tmp_path / "tune" / "best.safetensors"
+    assert load_checkpoint(tuned)[1].crop == crop
+    interpolate(start, tuned, 0.5, tmp_path / "wise.safetensors")  # one model: not refused

@@ -26,6 +26,7 @@ from server.device import resolve_device
 from server.model.checkpoint import (
     CheckpointError,
     CheckpointMeta,
+    CropSpec,
     load_checkpoint,
     read_meta,
     save_checkpoint,
@@ -210,7 +211,11 @@ def evaluate(model: nn.Module, ds: FaceDataset, device: torch.device, tta: str, 
 
 
 def make_meta(
-    args: argparse.Namespace, classes: list[str], fingerprint: str, metrics: dict[str, Any]
+    args: argparse.Namespace,
+    classes: list[str],
+    fingerprint: str,
+    metrics: dict[str, Any],
+    crop: CropSpec | None = None,
 ) -> CheckpointMeta:
     return CheckpointMeta(
         name=args.name,
@@ -220,6 +225,7 @@ def make_meta(
         input_size=args.input_size,
         mean=MEAN,
         std=STD,
+        crop=crop or CropSpec(),
         train_config={
             k: v for k, v in vars(args).items() if k not in {"resume", "stop_after", "amp_enabled"}
         },
@@ -320,6 +326,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     images = torch.from_numpy(train.images).to(device)
     labels = torch.from_numpy(train.labels).to(device)
     model = build_resnet18(len(classes), 1, args.stem)
+    crop = None  # a fine-tune keeps its start's measured crop framing: the FER2013 framing did not change
     if args.init_from:
         init, init_meta = load_checkpoint(args.init_from)
         if init_meta.classes != classes or init_meta.stem != args.stem:
@@ -328,6 +335,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"{classes} / {args.stem}"
             )
         model.load_state_dict(init.state_dict())
+        crop = init_meta.crop
     model = model.to(device).to(memory_format=torch.channels_last)
     opt: torch.optim.Optimizer
     if args.opt == "adamw":
@@ -401,7 +409,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # BN statistics and receptive fields from smaller epochs do not transfer to input_size.
         if size == args.input_size and acc > best["val_acc"]:
             best = {"val_acc": acc, "epoch": epoch + 1, "weights": tag, "val_tta": args.val_tta}
-            meta = make_meta(args, classes, fingerprint, {"validation": best})
+            meta = make_meta(args, classes, fingerprint, {"validation": best}, crop)
             save_checkpoint(out / "best.safetensors", candidates[tag], meta)
         row["best_val_acc"] = best["val_acc"]
         with log_path.open("a") as fh:
