@@ -102,3 +102,15 @@ def test_missing_and_empty_sources_fail_clearly(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="no images"):
         load_dataset(tmp_path / "empty")
+
+
+def test_csv_with_an_unknown_usage_is_refused_not_trained_on(tmp_path: Path) -> None:
+    """A row whose Usage is no FER2013 split (a "Private Test" spelling, "Test") must not land in train."""
+    path = tmp_path / "fer.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["emotion", "pixels", "Usage"])
+        for i, usage in enumerate(["Training", "PrivateTest", "Private Test"]):
+            w.writerow([i, " ".join(map(str, _face(i).ravel())), usage])
+    with pytest.raises(DatasetError, match="unknown Usage 'Private Test'"):
+        load_dataset(path)

@@ -200,7 +200,14 @@ def _load_csv(path: Path, size: int) -> FaceDataset:
             img = pixels.reshape(side, side)
             images.append(to_gray(Image.fromarray(img), size))
             labels.append(int(row[i_label]))
-            usage = _USAGE_SPLIT.get(row[i_usage].strip().lower()) if i_usage is not None else None
+            usage = None
+            if i_usage is not None:
+                usage = _USAGE_SPLIT.get(row[i_usage].strip().lower())
+                if usage is None:  # never guess "train": a test row there would leak into training
+                    raise DatasetError(
+                        f"{path}: unknown Usage {row[i_usage]!r} "
+                        "(expected Training, PublicTest or PrivateTest)"
+                    )
             splits.append(usage or "train")
     if not labels:
         raise DatasetError(f"{path}: CSV has no rows")
