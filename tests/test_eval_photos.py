@@ -131,3 +131,42 @@ def test_grid_parsing_and_refusals(photo_dir: Path) -> None:
         eval_main(["--detect", "--data", str(photo_dir), "--bundle", "x.safetensors"])
     with pytest.raises(SystemExit, match="folder"):
         eval_main(["--detect", "--data", str(photo_dir / "notes.txt")])
+
+
+def test_a_large_photo_is_decoded_and_cropped_as_the_server_does(
+    tmp_path: Path, astronaut: np.ndarray, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A photo larger than the server's work size: the pipeline gets the tensor the server decodes
+    (reduced), and the framing grid's row with the checkpoint's framing crops what the main run crops."""
+    import torch
+
+    from server.config import Settings
+    from server.model.checkpoint import CropSpec
+    from server.pipeline.classify import EmotionClassifier
+    from server.pipeline.decode import decode_image
+    from server.pipeline.runner import Pipeline, work_size
+    from training.evaluate_photos import evaluate_photos
+
+    data = jpeg(face_tile(astronaut, 2560))
+    (tmp_path / "happiness").mkdir()
+    (tmp_path / "happiness" / "big.jpg").write_bytes(data)
+    settings = Settings(checkpoint=tiny_checkpoint, device="cpu")
+    server_tensor = decode_image(data, max_pixels=settings.max_pixels, work_size=work_size(settings)).tensor
+    assert server_tensor.shape[1] < 2560  # the server decodes it reduced
+
+    shapes: list[tuple[int, ...]] = []
+    crops: list[torch.Tensor] = []
+    run, predict = Pipeline.run, EmotionClassifier.predict
+    monkeypatch.setattr(
+        Pipeline,
+        "run",
+        lambda self, jobs: shapes.extend(j.image.tensor.shape for j in jobs) or run(self, jobs),
+    )
+    monkeypatch.setattr(
+        EmotionClassifier, "predict", lambda self, x: crops.append(x.clone()) or predict(self, x)
+    )
+    result = evaluate_photos(tmp_path, tiny_checkpoint, framings=[CropSpec()], progress=False)
+    assert result["n_with_face"] == 1
+    assert shapes[-1] == server_tensor.shape  # (the pipeline's warm-up runs before)
+    main_crop, grid_crop = crops[-2:]
+    torch.testing.assert_close(grid_crop, main_crop)

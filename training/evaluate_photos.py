@@ -30,7 +30,7 @@ from server.config import Settings
 from server.model.checkpoint import CropSpec, file_digest
 from server.pipeline.crop import crop_faces
 from server.pipeline.decode import DecodedImage, DecodeError, decode_image
-from server.pipeline.runner import Job, JobResult, Pipeline
+from server.pipeline.runner import Job, JobResult, Pipeline, work_size
 from shared.emotions import canonical_emotion
 from training.data import IMAGE_SUFFIXES
 from training.scoring import classification_metrics
@@ -90,24 +90,25 @@ def build_server_pipeline(
     return pipeline, cfg
 
 
-def _decode(photo: Photo, max_pixels: int) -> DecodedImage | None:
+def _decode(photo: Photo, max_pixels: int, work: tuple[int, int] | None = None) -> DecodedImage | None:
     try:
-        return decode_image(photo.path.read_bytes(), max_pixels=max_pixels)
+        return decode_image(photo.path.read_bytes(), max_pixels=max_pixels, work_size=work)
     except (DecodeError, OSError):
         return None
 
 
 def decoded_batches(
-    photos: Sequence[Photo], size: int, max_pixels: int, threads: int
+    photos: Sequence[Photo], size: int, max_pixels: int, threads: int, work: tuple[int, int] | None = None
 ) -> Iterator[list[tuple[Photo, DecodedImage | None]]]:
-    """Decoded photos in batches, decoding the next batch while the caller runs this one."""
+    """Decoded photos in batches, decoding the next batch while the caller runs this one; ``work``: the
+    server's ``work_size`` (a large photo decoded reduced, as the server decodes it)."""
     with ThreadPoolExecutor(threads) as pool:
         chunks = [photos[i : i + size] for i in range(0, len(photos), size)]
-        pending = [pool.submit(_decode, p, max_pixels) for p in chunks[0]] if chunks else []
+        pending = [pool.submit(_decode, p, max_pixels, work) for p in chunks[0]] if chunks else []
         for k, chunk in enumerate(chunks):
             done = [f.result() for f in pending]
             if k + 1 < len(chunks):
-                pending = [pool.submit(_decode, p, max_pixels) for p in chunks[k + 1]]
+                pending = [pool.submit(_decode, p, max_pixels, work) for p in chunks[k + 1]]
             yield list(zip(chunk, done, strict=True))
 
 
@@ -145,7 +146,7 @@ def evaluate_photos(
     grid_correct = np.zeros(len(framings), dtype=np.int64)
     per_photo: list[dict[str, Any]] = []
     bar = tqdm(total=len(scored), unit="photo", disable=not progress, desc="photos")
-    for batch in decoded_batches(scored, batch_size, max_pixels, decode_threads):
+    for batch in decoded_batches(scored, batch_size, max_pixels, decode_threads, work_size(cfg)):
         good = [(p, img) for p, img in batch if img is not None]
         undecodable += [str(p.path) for p, img in batch if img is None]
         results: list[JobResult] = pipeline.run([Job(img, options) for _, img in good]) if good else []
@@ -169,8 +170,10 @@ def evaluate_photos(
             firsts = [(p, img, r.faces[0]) for (p, img), r in zip(good, results, strict=True) if r.faces]
             if firsts:
                 images = [img.tensor.to(pipeline.device) for _, img, _ in firsts]
-                boxes = [
-                    torch.tensor([f.box], dtype=torch.float32, device=pipeline.device) for *_, f in firsts
+                boxes = [  # the face box is in the photo's pixels, the tensor may be reduced
+                    torch.tensor([f.box], dtype=torch.float32, device=pipeline.device)
+                    / torch.tensor([*img.scale, *img.scale], device=pipeline.device)
+                    for _, img, f in firsts
                 ]
                 truth = np.array([classes.index(str(p.label)) for p, _, _ in firsts])
                 for k, spec in enumerate(framings):

@@ -134,12 +134,12 @@ def _crop_all(
     from tqdm import tqdm
 
     from server.api.options import default_options
-    from server.pipeline.runner import Job
+    from server.pipeline.runner import Job, work_size
 
     options = default_options(cfg)  # what POST /v1/predict uses when a request sets no limits
     tag = prefix.rstrip("-")
     bar = tqdm(total=len(photos), unit="photo", desc=f"crops {tag}".strip())
-    for batch in decoded_batches(photos, batch_size, cfg.max_pixels, threads=2):
+    for batch in decoded_batches(photos, batch_size, cfg.max_pixels, threads=2, work=work_size(cfg)):
         bar.update(len(batch))
         good = [(p, img) for p, img in batch if img is not None]
         if first:
