@@ -83,3 +83,15 @@ def test_a_soup_refuses_bad_weights(tmp_path: Path, args: list[str], message: st
     with pytest.raises(SystemExit, match=message):
         main([*paths, *args, "--out", str(tmp_path / "x.safetensors")])
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_a_soup_does_not_claim_its_last_ingredients_validation_score(tmp_path: Path) -> None:
+    """Metrics in a checkpoint (reported by /v1/info) are its own: a soup has none until it is scored."""
+    paths = [_checkpoint(tmp_path / f"{i}.safetensors", i) for i in range(2)]
+    for i, p in enumerate(paths):  # each ingredient with its own validation score
+        model, meta = load_checkpoint(p)
+        meta.metrics["validation"] = {"val_acc": 0.5 + i / 10, "epoch": i + 1}
+        save_checkpoint(p, model, meta, dtype=torch.float32)
+    _, meta = load_checkpoint(interpolate(*paths, 0.5, tmp_path / "mix.safetensors"))
+    assert "validation" not in meta.metrics and "test" not in meta.metrics
+    assert [s["validation"]["val_acc"] for s in meta.train_config["averaged"]] == [0.5, 0.6]

@@ -28,7 +28,8 @@ _SAME = ("arch", "stem", "classes", "input_size", "in_channels", "mean", "std", 
 
 def soup(paths: Sequence[str | Path], weights: Sequence[float], out: str | Path) -> Path:
     """Write ``sum(w_i * checkpoint_i)`` to ``out`` with the last checkpoint's metadata, every
-    source and weight recorded in its ``train_config`` and its test metrics dropped."""
+    source, weight and validation score recorded in its ``train_config`` and its metrics dropped (they
+    were the last checkpoint's scores, not the average's)."""
     if len(paths) < 2 or len(paths) != len(weights):
         raise ValueError(f"need two or more checkpoints, one weight each: got {len(paths)}, {len(weights)}")
     if min(weights) < 0 or not math.isclose(sum(weights), 1.0, abs_tol=1e-6):
@@ -51,12 +52,16 @@ def soup(paths: Sequence[str | Path], weights: Sequence[float], out: str | Path)
     meta = last.model_copy(deep=True)
     meta.train_config = {
         "averaged": [
-            {"checkpoint": f"{Path(p).name} ({file_digest(p)})", "weight": w}
-            for p, w in zip(paths, weights, strict=True)
+            {
+                "checkpoint": f"{Path(p).name} ({file_digest(p)})",
+                "weight": w,
+                "validation": m.metrics.get("validation"),
+            }
+            for p, w, (_, m) in zip(paths, weights, loaded, strict=True)
         ],
         "last_train_config": last.train_config,
     }
-    meta.metrics = {k: v for k, v in meta.metrics.items() if k != "test"}
+    meta.metrics = {}  # the last checkpoint's validation and test scores are not the average's
     return save_checkpoint(out, model, meta)
 
 
