@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -148,25 +148,31 @@ def test_cors(limited: LiveServer) -> None:
     assert "access-control-allow-origin" not in resp.headers
 
 
+def slow_model(seconds: float) -> Callable[[Settings], EmotionAnalyzer]:
+    """An analyzer factory whose every model batch takes ``seconds`` longer: a busy model on demand."""
+
+    def factory(settings: Settings) -> EmotionAnalyzer:
+        analyzer = load_analyzer(settings)
+        run_batch = analyzer.run_batch
+
+        def slow(jobs: Any) -> Any:
+            time.sleep(seconds)
+            return run_batch(jobs)
+
+        analyzer.run_batch = slow  # type: ignore[method-assign]
+        return analyzer
+
+    return factory
+
+
 def test_requests_waiting_for_the_model_at_shutdown_get_503_shutting_down(
     tiny_checkpoint: Path, astronaut: np.ndarray
 ) -> None:
     """A batch outlasting the grace period: the requests still waiting for the model get the
     documented 503 ``shutting_down`` ErrorBody, not uvicorn's plain-text 500 of a cancelled task."""
 
-    def slow_factory(settings: Settings) -> EmotionAnalyzer:
-        analyzer = load_analyzer(settings)
-        run_batch = analyzer.run_batch
-
-        def slow(jobs: Any) -> Any:
-            time.sleep(3.0)
-            return run_batch(jobs)
-
-        analyzer.run_batch = slow  # type: ignore[method-assign]
-        return analyzer
-
     settings = server_settings(tiny_checkpoint, shutdown_timeout_s=1.0, max_batch_size=1)
-    srv = LiveServer(settings, analyzer_factory=slow_factory).start()
+    srv = LiveServer(settings, analyzer_factory=slow_model(3.0)).start()
     frame = jpeg(frame_640x480(astronaut))
 
     async def scenario() -> list[httpx.Response]:
@@ -194,19 +200,8 @@ def test_a_streams_last_frame_is_answered_when_the_model_queue_is_full(
     full (REST requests ahead of it), that frame waits for room instead of being dropped unseen
     (the client then waited until the idle timeout closed its stream)."""
 
-    def slow_factory(settings: Settings) -> EmotionAnalyzer:
-        analyzer = load_analyzer(settings)
-        run_batch = analyzer.run_batch
-
-        def slow(jobs: Any) -> Any:
-            time.sleep(0.5)
-            return run_batch(jobs)
-
-        analyzer.run_batch = slow  # type: ignore[method-assign]
-        return analyzer
-
     settings = server_settings(tiny_checkpoint, max_batch_size=1, max_queue=1)
-    srv = LiveServer(settings, analyzer_factory=slow_factory).start()
+    srv = LiveServer(settings, analyzer_factory=slow_model(0.5)).start()
     frame = jpeg(frame_640x480(astronaut))
 
     async def scenario() -> tuple[list[httpx.Response], dict[str, Any], float]:
