@@ -118,25 +118,20 @@ class Pipeline:
         roi = self.region_detector
         in_regions = [i for i in detect if roi is not None and jobs[i].regions is not None]
         full = [i for i in detect if i not in in_regions]
-        calls: list[list[int]] = []
         for kind in (full, in_regions):
             alike: dict[tuple[float, int], list[int]] = {}
             for i in kind:
                 alike.setdefault((jobs[i].options.min_confidence, jobs[i].options.max_faces), []).append(i)
-            calls.extend(alike.values())
-        for want in calls:
-            opts = [jobs[i].options for i in want]
-            min_confidence, max_faces = opts[0].min_confidence, opts[0].max_faces
-            if roi is not None and jobs[want[0]].regions is not None:
-                regions = [self._in_tensor_pixels(jobs[i]) for i in want]
-                dets = roi.detect([images[i] for i in want], regions, min_confidence, max_faces)
-            else:
-                dets = self.detector.detect([images[i] for i in want], min_confidence, max_faces)
-            for i, det, o in zip(want, dets, opts, strict=True):
-                keep = (
-                    (det.scores >= o.min_confidence).nonzero().flatten()[: o.max_faces]
-                )  # scores sorted desc
-                out[i] = (det.boxes[keep].float(), det.scores[keep].float())
+            for (min_confidence, max_faces), want in alike.items():
+                if roi is not None and kind is in_regions:
+                    regions = [self._in_tensor_pixels(jobs[i]) for i in want]
+                    dets = roi.detect([images[i] for i in want], regions, min_confidence, max_faces)
+                else:
+                    dets = self.detector.detect([images[i] for i in want], min_confidence, max_faces)
+                for i, det in zip(want, dets, strict=True):
+                    # scores come sorted, highest first
+                    keep = (det.scores >= min_confidence).nonzero().flatten()[:max_faces]
+                    out[i] = (det.boxes[keep].float(), det.scores[keep].float())
         for i, job in enumerate(jobs):
             if not job.options.detect:
                 _, height, width = job.image.tensor.shape  # the tensor's pixels; run() maps them back
