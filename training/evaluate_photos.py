@@ -171,8 +171,7 @@ def evaluate_photos(
             if firsts:
                 images = [img.tensor.to(pipeline.device) for _, img, _ in firsts]
                 boxes = [  # the face box is in the photo's pixels, the tensor may be reduced
-                    torch.tensor([f.box], dtype=torch.float32, device=pipeline.device)
-                    / torch.tensor([*img.scale, *img.scale], device=pipeline.device)
+                    img.in_tensor_pixels(torch.tensor([f.box], dtype=torch.float32, device=pipeline.device))
                     for _, img, f in firsts
                 ]
                 truth = np.array([classes.index(str(p.label)) for p, _, _ in firsts])

@@ -123,6 +123,11 @@ class DecodedImage:
         """(x, y) factors from tensor pixels to the image's own pixels."""
         return (self.width / int(self.tensor.shape[2]), self.height / int(self.tensor.shape[1]))
 
+    def in_tensor_pixels(self, boxes: torch.Tensor) -> torch.Tensor:
+        """(N, 4) float boxes in the image's own pixels, in the tensor's (which may be reduced)."""
+        sx, sy = self.scale
+        return boxes / torch.tensor([sx, sy, sx, sy], device=boxes.device)
+
 
 def sniff_format(data: bytes) -> str | None:
     """The Pillow format name of ``data`` if it is one we accept, from its magic bytes."""

@@ -143,8 +143,7 @@ class Pipeline:
     def _in_tensor_pixels(job: Job) -> torch.Tensor:
         """The job's regions (image pixels) in the pixels of its tensor, which may be reduced."""
         assert job.regions is not None
-        sx, sy = job.image.scale
-        return job.regions.float() / torch.tensor([sx, sy, sx, sy])
+        return job.image.in_tensor_pixels(job.regions.float())
 
     def _crops(
         self, images: list[torch.Tensor], boxes: list[torch.Tensor], jobs: Sequence[Job]
