@@ -103,9 +103,9 @@ class FerWorker:
             text=True,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
         )
-        self.info = self._call({"load": {k: str(v) for k, v in frames.items()}})
+        self.info = self.call({"load": {k: str(v) for k, v in frames.items()}})
 
-    def _call(self, msg: dict[str, Any]) -> dict[str, Any]:
+    def call(self, msg: dict[str, Any]) -> dict[str, Any]:
         stdin, stdout = self.proc.stdin, self.proc.stdout
         assert stdin is not None and stdout is not None
         stdin.write(json.dumps(msg) + "\n")
@@ -116,7 +116,7 @@ class FerWorker:
         return dict(json.loads(line))
 
     def run(self, name: str) -> tuple[float, int]:
-        r = self._call({"run": name})
+        r = self.call({"run": name})
         return float(r["ms"]), int(r["faces"])
 
     def close(self) -> None:
