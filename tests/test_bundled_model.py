@@ -42,6 +42,18 @@ def test_bundled_checkpoint_reproduces_card_on_private_test(fer2013_path: Path) 
 
 @pytest.mark.slow
 @pytest.mark.dataset
+def test_bundled_validation_block_is_the_bundled_weights_own(fer2013_path: Path) -> None:
+    """/v1/info shows it: it must be this file's PublicTest score, not a soup ingredient's."""
+    validation = read_meta(DEFAULT_CHECKPOINT).metrics["validation"]
+    assert validation["split"] == "public"
+    m = evaluate_checkpoint(
+        fer2013_path, DEFAULT_CHECKPOINT, split="public", tta=validation["tta"], device="cpu"
+    )
+    assert m["accuracy"] == pytest.approx(validation["val_acc"], abs=0.005)
+
+
+@pytest.mark.slow
+@pytest.mark.dataset
 def test_bundled_checkpoint_on_real_photos_of_held_out_people(realfaces_path: Path, tmp_path: Path) -> None:
     """The whole pipeline (decode, detect, crop, classify), as the server answers, on 200 photos of
     people whose crops were never trained on (``training.photo_crops``' split). The card states

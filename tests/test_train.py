@@ -107,6 +107,18 @@ def test_eval_writes_metrics_report_and_skips_unknown(tiny_fer: Path, tmp_path: 
     assert meta.metrics["test"]["accuracy"] == m["accuracy"] and meta.metrics["test"]["split"] == "private"
     assert set(meta.metrics["test"]["recall"]) == {"happy", "neutral"}
     assert meta.crop.margin == 0.1 and meta.crop.y_shift == 0.0
+    assert "epoch" in meta.metrics["validation"]  # emotion-train's best epoch, carried by the copy
+
+    # A PublicTest score is recorded as the validation block (a soup's own), the test block kept.
+    evaluate.main(["--data", str(tiny_fer), "--checkpoint", str(tmp_path / "bundled.safetensors"),
+                   "--out", str(eval_dir), "--split", "public", "--tta", "none",
+                   "--bundle", str(tmp_path / "rebundled.safetensors")])  # fmt: skip
+    public = json.loads((eval_dir / "metrics.json").read_text())
+    _, meta = load_checkpoint(tmp_path / "rebundled.safetensors")
+    assert meta.metrics["validation"]["split"] == "public" and meta.metrics["validation"]["val_tta"] == "none"
+    assert meta.metrics["validation"]["val_acc"] == public["accuracy"]
+    assert "epoch" not in meta.metrics["validation"]  # nothing left of the training run's block
+    assert meta.metrics["test"]["split"] == "private" and meta.metrics["test"]["accuracy"] == m["accuracy"]
 
 
 def test_resume_refuses_a_changed_recipe(tiny_fer: Path, tmp_path: Path) -> None:

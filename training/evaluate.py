@@ -218,17 +218,23 @@ def write_report(metrics: dict[str, Any], out: Path) -> None:
 def bundle(
     checkpoint: str | Path, dest: str | Path, metrics: dict[str, Any], crop: CropSpec | None = None
 ) -> Path:
-    """Copy a checkpoint with its test metrics (and the measured crop framing) recorded in its metadata.
+    """Copy a checkpoint with these metrics (and the measured crop framing) recorded in its metadata.
 
-    The server reports these in /v1/info and crops faces as ``crop`` says (see bench/framing.py).
+    A PublicTest score goes in as ``validation`` (what a weight average, whose ingredients' scores
+    are not its own, gets measured on), any other split as ``test``. The server reports both in
+    /v1/info and crops faces as ``crop`` says (see bench/framing.py).
     """
     model, meta = load_checkpoint(checkpoint)
     if crop is not None:
         meta.crop = crop
     summary_keys = ("split", "tta", "n", "accuracy", "macro_f1", "data_fingerprint")
-    meta.metrics["test"] = {k: metrics[k] for k in summary_keys} | {
+    summary = {k: metrics[k] for k in summary_keys} | {
         "recall": {c: round(m["recall"], 4) for c, m in metrics["per_class"].items()}
     }
+    if metrics["split"] == "public":  # emotion-train's own key, for readers of either kind
+        meta.metrics["validation"] = summary | {"val_acc": metrics["accuracy"], "val_tta": metrics["tta"]}
+    else:
+        meta.metrics["test"] = summary
     return save_checkpoint(dest, model, meta)
 
 

@@ -42,8 +42,9 @@ finetune full-r3-seed0 0 2 3 0
 finetune full-r3-seed1 1 2 3 0
 "$BIN/python" -m training.interpolate "$OUT"/{s8k-seed0,s8k-seed1,full-r3-seed0,full-r3-seed1}/best.safetensors \
   --out "$OUT/soup.safetensors"
+# the soup's own PublicTest, recorded in its header as its validation block (/v1/info shows it)
 "$BIN/emotion-eval" --data "$DATA" --split public --tta none --checkpoint "$OUT/soup.safetensors" \
-  --out "$OUT/eval-public" --no-progress
+  --out "$OUT/eval-public" --no-progress --bundle "$OUT/soup.safetensors"
 # its int8 build beside it, which the server runs on CPUs (training.quantize_classifier)
 "$BIN/python" -m training.quantize_classifier --data "$DATA" --checkpoint "$OUT/soup.safetensors" >"$OUT/int8.log" 2>&1 \
   || { echo "int8 build failed; the end of $OUT/int8.log:" >&2; tail -n 3 "$OUT/int8.log" >&2; exit 1; }
