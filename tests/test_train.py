@@ -58,6 +58,28 @@ def test_one_epoch_then_resume(tiny_fer: Path, tmp_path: Path) -> None:
     assert (tmp_path / "curves.png").stat().st_size > 1000
 
 
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))],
+)
+def test_resumed_run_continues_the_same_random_streams(tiny_fer: Path, tmp_path: Path, device: str) -> None:
+    """Two epochs in one go and one epoch + ``--resume`` end in the same state: the data order's
+    and the augmentation's random generators go on where they stopped (on CUDA the augmentation
+    draws from the device's generator), and on the CPU the weights are the same to the bit."""
+    args = ["--data", str(tiny_fer), "--batch-size", "16", "--classes", "happy,neutral,surprise",
+            "--epochs", "2", "--device", device, "--ema", "0.9"]  # fmt: skip
+    train.run(train.get_args_parser().parse_args([*args, "--out", str(tmp_path / "straight")]))
+    split = [*args, "--out", str(tmp_path / "split")]
+    train.run(train.get_args_parser().parse_args([*split, "--stop-after", "1"]))
+    train.run(train.get_args_parser().parse_args([*split, "--resume"]))
+    a, b = (torch.load(tmp_path / d / "last.pt", weights_only=True) for d in ("straight", "split"))
+    assert a["epoch"] == b["epoch"] == 1
+    for key in ("generator", "torch_rng", "cuda_rng"):
+        assert (a[key] is None and b[key] is None) or torch.equal(a[key], b[key]), key
+    if device == "cpu":
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
 def test_eval_writes_metrics_report_and_skips_unknown(tiny_fer: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     train.main(

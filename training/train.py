@@ -374,7 +374,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     state_path = out / "last.pt"
     if args.resume and state_path.exists():
         # weights_only: resume state is our own, but never unpickle arbitrary objects anyway
-        state = torch.load(state_path, map_location=device, weights_only=True)
+        # on the CPU: random-generator states must be CPU tensors, and load_state_dict moves the rest
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
         check_resume_args(state.get("args", {}), recipe)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -383,6 +384,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ema.load_state_dict(state["ema"])
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:  # augmentation draws from it there
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         start_epoch, best = state["epoch"] + 1, state["best"]
         print(f"resumed from {state_path} at epoch {start_epoch}", flush=True)
 
@@ -423,6 +426,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "ema": ema.state_dict() if ema is not None else None,
                 "generator": gen.get_state(),
                 "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 "epoch": epoch,
                 "best": best,
                 "args": recipe,
