@@ -95,3 +95,16 @@ def test_a_soup_does_not_claim_its_last_ingredients_validation_score(tmp_path: P
     _, meta = load_checkpoint(interpolate(*paths, 0.5, tmp_path / "mix.safetensors"))
     assert "validation" not in meta.metrics and "test" not in meta.metrics
     assert [s["validation"]["val_acc"] for s in meta.train_config["averaged"]] == [0.5, 0.6]
+
+
+def test_a_soup_of_differently_trained_ingredients_has_its_own_data_fingerprint(tmp_path: Path) -> None:
+    paths = [_checkpoint(tmp_path / f"{i}.safetensors", i) for i in range(3)]
+    for p, fingerprint in zip(paths, ["aaaa", "bbbb", "aaaa"], strict=True):
+        model, meta = load_checkpoint(p)
+        meta.data_fingerprint = fingerprint
+        save_checkpoint(p, model, meta, dtype=torch.float32)
+    _, mixed = load_checkpoint(soup(paths, [0.25, 0.25, 0.5], tmp_path / "mix.safetensors"))
+    assert mixed.data_fingerprint not in {"aaaa", "bbbb", ""}  # not the last ingredient's alone
+    assert [s["data_fingerprint"] for s in mixed.train_config["averaged"]] == ["aaaa", "bbbb", "aaaa"]
+    _, same = load_checkpoint(soup(paths[::2], [0.5, 0.5], tmp_path / "same.safetensors"))
+    assert same.data_fingerprint == "aaaa"  # one training set: its fingerprint

@@ -16,6 +16,7 @@ PrivateTest.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,13 +57,23 @@ def soup(paths: Sequence[str | Path], weights: Sequence[float], out: str | Path)
                 "checkpoint": f"{Path(p).name} ({file_digest(p)})",
                 "weight": w,
                 "validation": m.metrics.get("validation"),
+                "data_fingerprint": m.data_fingerprint,
             }
             for p, w, (_, m) in zip(paths, weights, loaded, strict=True)
         ],
         "last_train_config": last.train_config,
     }
     meta.metrics = {}  # the last checkpoint's validation and test scores are not the average's
+    meta.data_fingerprint = soup_fingerprint([m.data_fingerprint for _, m in loaded])
     return save_checkpoint(out, model, meta)
+
+
+def soup_fingerprint(fingerprints: Sequence[str]) -> str:
+    """The ingredients' training data: their fingerprint when they share one, else one made from
+    all of them (the last one's alone would say the soup saw only its data)."""
+    if len(set(fingerprints)) == 1:
+        return fingerprints[0]
+    return hashlib.sha256("+".join(sorted(set(fingerprints))).encode()).hexdigest()[:16]
 
 
 def interpolate(start: str | Path, end: str | Path, alpha: float, out: str | Path) -> Path:
