@@ -188,6 +188,16 @@ def test_init_from_keeps_the_start_network(tiny_fer: Path, tmp_path: Path) -> No
     assert (scratch.stem, scratch.input_size) == (train.DEFAULT_STEM, train.DEFAULT_INPUT_SIZE)
     with pytest.raises(SystemExit, match=r"--init-from: checkpoint .* not found"):
         train.run(train.get_args_parser().parse_args([*tune, "--init-from", str(tmp_path / "none")]))
+    # a start whose weights expect other input values is refused, not fine-tuned on 0.5/0.25 inputs
+    from server.model.checkpoint import save_checkpoint
+
+    model, other = load_checkpoint(start / "best.safetensors")
+    other.mean, other.std = 0.507, 0.255
+    save_checkpoint(tmp_path / "other.safetensors", model, other)
+    with pytest.raises(SystemExit, match=r"mean/std 0.507/0.255"):
+        train.run(
+            train.get_args_parser().parse_args([*tune, "--init-from", str(tmp_path / "other.safetensors")])
+        )
 
 
 def test_init_from_keeps_the_start_crop_framing(tiny_fer: Path, tmp_path: Path) -> None:

@@ -334,6 +334,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"--init-from has classes {init_meta.classes} / stem {init_meta.stem}; this run needs "
                 f"{classes} / {args.stem}"
             )
+        if (init_meta.mean, init_meta.std) != (MEAN, STD):  # its weights expect other input values
+            raise SystemExit(
+                f"--init-from normalises its input with mean/std {init_meta.mean}/{init_meta.std}; "
+                f"emotion-train feeds {MEAN}/{STD}"
+            )
         model.load_state_dict(init.state_dict())
         crop = init_meta.crop
     model = model.to(device).to(memory_format=torch.channels_last)
