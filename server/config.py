@@ -118,8 +118,11 @@ class Settings(BaseSettings):
             "bf16, else f32), float (auto without int8) or f32."
         ),
     )
-    flip_tta: bool = Field(
-        default=False, description="Average each face's probabilities with its mirror image's (2x classify)."
+    flip_tta: bool | Literal["auto"] = Field(
+        default="auto",
+        description="Average each face's probabilities with its mirror image's (2x classify): +0.7 points "
+        "on FER2013 PrivateTest, +0.9 on held-out real photos. auto: on a GPU, where the second pass is "
+        "nearly free; off on a CPU, where it adds ~1.5 ms per face (int8) to a ~15 ms request.",
     )
     warmup: bool = True
     cache_dir: Path = Field(
@@ -295,6 +298,10 @@ class Settings(BaseSettings):
             min_face_size=self.min_face_size,
             input_size=self.detector_input_size,
         )
+
+    def flip_tta_on(self, device: str) -> bool:
+        """``flip_tta`` on ``device`` (a resolved device string), ``auto`` decided."""
+        return device != "cpu" if self.flip_tta == "auto" else self.flip_tta
 
     def torch_device(self) -> str:
         """The concrete device string (``auto`` resolved)."""

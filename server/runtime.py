@@ -238,7 +238,7 @@ class Runtime:
             },
             "device": self.device,
             "backend": self.backend,
-            "flip_tta": s.flip_tta,
+            "flip_tta": s.flip_tta_on(self.device),
             "limits": s.limits(),
             "auth": s.auth_enabled,
         }

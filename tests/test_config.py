@@ -95,3 +95,29 @@ def test_resolve_device() -> None:
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="cuda:99"):
         resolve_device("cuda:99")
+
+
+@pytest.mark.parametrize(
+    ("value", "cpu", "cuda"),
+    [
+        (None, False, True),
+        ("auto", False, True),
+        ("true", True, True),
+        ("false", False, False),
+        ("0", False, False),
+    ],
+)
+def test_flip_tta_auto_is_on_where_a_gpu_classifies(
+    monkeypatch: pytest.MonkeyPatch, tiny_checkpoint: Path, value: str | None, cpu: bool, cuda: bool
+) -> None:
+    """Flip TTA costs a CPU ~2.5 ms per face and a GPU next to nothing: ``auto`` (the default) decides by
+    device; an explicit value holds everywhere."""
+    if value is not None:
+        monkeypatch.setenv("EMOTION_FLIP_TTA", value)
+    s = Settings(checkpoint=tiny_checkpoint)
+    assert (s.flip_tta_on("cpu"), s.flip_tta_on("cuda"), s.flip_tta_on("cuda:1")) == (cpu, cuda, cuda)
+
+
+def test_flip_tta_refuses_other_words(tiny_checkpoint: Path) -> None:
+    with pytest.raises(ValueError, match="flip_tta"):
+        Settings(checkpoint=tiny_checkpoint, flip_tta="sometimes")

@@ -220,7 +220,7 @@ def build_pipeline(settings: Settings, device: str) -> Pipeline:
         backend=backend,
         threads=settings.torch_threads,
         precision=settings.cpu_precision,
-        flip_tta=settings.flip_tta,
+        flip_tta=settings.flip_tta_on(device),
         cache_dir=settings.cache_dir,
     )
     kind = resolve_detector(settings.detector, backend)
