@@ -121,8 +121,8 @@ class Settings(BaseSettings):
     flip_tta: bool | Literal["auto"] = Field(
         default="auto",
         description="Average each face's probabilities with its mirror image's (2x classify): +0.7 points "
-        "on FER2013 PrivateTest, +0.9 on held-out real photos. auto: on a GPU, where the second pass is "
-        "nearly free; off on a CPU, where it adds ~1.5 ms per face (int8) to a ~15 ms request.",
+        "on FER2013 PrivateTest, +0.3 to +0.9 on held-out real photos. auto: on a GPU, where the second "
+        "pass is nearly free; off on a CPU, where it adds ~1.5 ms per face (int8) to a ~15 ms request.",
     )
     warmup: bool = True
     cache_dir: Path = Field(
