@@ -124,6 +124,9 @@ BAD_CONTROLS = [
     pytest.param('{"smoothing": NaN}', id="nan"),
     pytest.param('{"max_faces": 1e309}', id="huge-number"),
     pytest.param('{"unknown": 1}', id="unknown-field"),
+    pytest.param('{"max_faces": true}', id="bool-as-int"),  # was taken as max_faces=1
+    pytest.param('{"detect": "no"}', id="string-as-bool"),  # was taken as detect=false
+    pytest.param('{"smoothing": "0.5"}', id="string-as-number"),
     pytest.param("[" * 100_000 + "]" * 100_000, id="deeply-nested"),
     pytest.param(" " * (BODY_LIMIT - 10), id="near-limit-whitespace"),
 ]

@@ -277,7 +277,8 @@ class StreamSession:
             )
             return
         try:
-            control = StreamControl.model_validate_json(text)
+            # strict: JSON types as they are (`true` is no max_faces of 1, "0.5" no smoothing)
+            control = StreamControl.model_validate_json(text, strict=True)
         except ValidationError as exc:
             parts = [
                 f"{'.'.join(map(str, e['loc']))[:40] or 'message'}: {e['msg']}"
