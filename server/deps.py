@@ -16,7 +16,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from starlette.requests import HTTPConnection
 
 from server.config import Settings
-from server.errors import NotReady, Unauthorized
+from server.errors import LoadFailed, NotReady, Unauthorized
 from server.runtime import Runtime
 
 
@@ -43,6 +43,10 @@ def get_ready_runtime(runtime: Runtime) -> Runtime:
 
 
 async def _ready_runtime(runtime: RuntimeDep) -> Runtime:
+    """REST: a failed load is 503 ``load_failed`` without ``Retry-After`` (waiting does not help),
+    as the probes say; only a stream is refused with 1013 ``model failed to load``."""
+    if runtime.load_error:
+        raise LoadFailed()
     return get_ready_runtime(runtime)
 
 

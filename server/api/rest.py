@@ -52,7 +52,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         413: "body or pixel count over the limit, or a JPEG with too many scans",
         415: "not a JPEG, PNG or WebP image",
         422: "bad query parameters, or an image with an extreme aspect ratio",
-        503: "model not loaded yet, or overloaded",
+        503: "model not loaded yet (not_ready), failed to load (load_failed), overloaded or shutting down",
     }.items()
 }
 
