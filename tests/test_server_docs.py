@@ -7,6 +7,7 @@ stay blank; Swagger UI must render the API and its Authorize button from the ser
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ import httpx
 import pytest
 from cdp import Chromium, find_chromium
 from server_harness import LiveServer, server_settings
+
+from shared.protocol import ErrorBody
 
 pytestmark = pytest.mark.slow
 KEY = "docs-test-key-123"
@@ -55,6 +58,43 @@ def test_openapi_declares_the_key_and_points_to_the_websocket_protocol(server: L
                 assert "security" not in op, f"{method} {path} is open"
     description = schema["info"]["description"]
     assert "docs/protocol.md" in description and "/v1/stream" in description
+
+
+def _head_timeout_status(srv: LiveServer, method: str, path: str) -> tuple[int, bytes]:
+    """A request whose head never ends: the server's own 408 reply, status and body."""
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+        sock.sendall(f"{method.upper()} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode())
+        reply = b""
+        while chunk := sock.recv(4096):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def test_errors_any_request_can_get_are_declared_on_every_operation(tiny_checkpoint: Path) -> None:
+    """A client generated from /openapi.json meets these on every route, before any route runs:
+    headers over 64 KiB (431), a head that does not arrive in time (408), a Host outside
+    EMOTION_ALLOWED_HOSTS (400, the probes excepted). Each must be a declared ErrorBody reply."""
+    settings = server_settings(tiny_checkpoint, allowed_hosts="127.0.0.1", header_timeout_s=0.3)
+    with LiveServer(settings) as srv:
+        schema: dict[str, Any] = httpx.get(srv.url + "/openapi.json").json()
+        for path, ops in schema["paths"].items():
+            for method, op in ops.items():
+                replies = {
+                    "431": httpx.request(method, srv.url + path, headers={"x-pad": "a" * 70_000}),
+                    "408": _head_timeout_status(srv, method, path),
+                }
+                if path not in ("/healthz", "/readyz"):
+                    replies["400"] = httpx.request(method, srv.url + path, headers={"host": "evil.example"})
+                for status, reply in replies.items():
+                    got, body = (
+                        (reply.status_code, reply.content) if isinstance(reply, httpx.Response) else reply
+                    )
+                    assert str(got) == status, (method, path, got, body)
+                    assert status in op["responses"], f"{method} {path}: {status} is not declared"
+                    declared = op["responses"][status]["content"]["application/json"]["schema"]
+                    assert declared == {"$ref": "#/components/schemas/ErrorBody"}, (method, path, status)
+                    ErrorBody.model_validate_json(body)
 
 
 def test_swagger_ui_renders_offline_with_an_authorize_button(server: LiveServer, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
+from server.api.docs import INVALID_HOST
 from server.deps import ApiKey, RuntimeDep
 from server.errors import LoadFailed, NotReady
 from server.metrics import CONTENT_TYPE
@@ -22,6 +23,7 @@ UNAVAILABLE: dict[int | str, dict[str, Any]] = {
 }
 METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}}},
+    400: INVALID_HOST,
     401: {"model": ErrorBody, "description": "missing or invalid API key"},
 }
 

@@ -19,6 +19,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
+from server.api.docs import INVALID_HOST
 from server.api.options import resolve_options
 from server.api.replies import predict_response
 from server.deps import ApiKey, ReadyRuntimeDep, RuntimeDep
@@ -46,9 +47,9 @@ IMAGE_FIELDS = ("image", "file")  # "image" is the documented name; "file" is ac
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": what}
     for code, what in {
-        400: "corrupt image, empty body or malformed multipart",
+        400: "corrupt image, empty body, malformed multipart, or a Host outside EMOTION_ALLOWED_HOSTS",
         401: "missing or invalid API key",
-        408: "the body did not arrive within the body timeout",
+        408: "the request's head or body did not arrive within its timeout",
         413: "body or pixel count over the limit, or a JPEG with too many scans",
         415: "not a JPEG, PNG or WebP image",
         422: "bad query parameters, or an image with an extreme aspect ratio",
@@ -234,7 +235,7 @@ async def predict(
 @router.get(
     "/info",
     response_model=InfoResponse,
-    responses={401: ERROR_RESPONSES[401]},
+    responses={400: INVALID_HOST, 401: ERROR_RESPONSES[401]},
     summary="Classes, model metadata, detector, device, limits",
 )
 async def info(runtime: RuntimeDep) -> InfoResponse:
