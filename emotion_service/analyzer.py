@@ -179,7 +179,8 @@ class EmotionAnalyzer:
         min_confidence: float | None = None,
         detect: bool = True,
     ) -> PredictResponse:
-        """Every face in one image, largest first; see :data:`ImageInput` for what ``image`` may be.
+        """Every face in one image, largest clear face first (area x confidence); see
+        :data:`ImageInput` for what ``image`` may be.
 
         ``channels`` says how to read a numpy array: ``"rgb"`` or ``"bgr"`` (OpenCV frames); any other
         value raises ``ValueError``. ``detect=False`` treats the whole image as one already-cropped face.

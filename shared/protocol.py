@@ -59,7 +59,8 @@ class Timing(_Reply):
 
 
 class PredictResponse(_Reply):
-    """Reply to `POST /v1/predict`; faces sorted by box area, largest first."""
+    """Reply to `POST /v1/predict`; faces by box area times detector confidence, highest first
+    (a clear face before a bigger doubtful one; docs/protocol.md, "Face order")."""
 
     faces: list[FaceResult]
     image: ImageInfo
