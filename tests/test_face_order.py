@@ -50,3 +50,13 @@ def test_a_doubtful_big_box_comes_after_a_clear_face(tiny_checkpoint: Path) -> N
         much_bigger_doubt,
         clear,
     ]
+
+
+def test_the_reply_schema_states_this_order() -> None:
+    """The OpenAPI document (from these models) said "largest first", which the test above shows false."""
+    from shared.protocol import PredictResponse, StreamResult
+
+    for model in (PredictResponse, StreamResult):
+        described = model.model_json_schema().get("description", "")
+        assert "largest first" not in described, f"{model.__name__}: {described}"
+    assert "confidence" in PredictResponse.model_json_schema()["description"]
