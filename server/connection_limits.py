@@ -21,6 +21,11 @@
   drain, i.e. forever, so the socket and the app's stream slot (one of ``EMOTION_MAX_STREAMS``)
   were never released. :class:`AbortingWebSocketProtocol` aborts the connection instead, and
   after the app has finished it gives the closing handshake ``close_timeout`` seconds.
+* **Ping flood**: the protocol answers each ping with a pong written straight to the transport,
+  past the backpressure the app's own sends wait for, so a client that sends pings and never
+  reads made the server buffer every pong (250 MB in 16 s on loopback, on any connection, one
+  refused for a bad key too). Past ``MAX_WS_WRITE_BACKLOG`` buffered bytes the connection is
+  aborted; the app's sends never get there (they wait below the transport's high-water mark).
 
 Both subclass the protocol classes uvicorn picks itself when ``uvicorn[standard]`` is
 installed (httptools for HTTP, the websockets sans-I/O one for WebSocket).
@@ -48,6 +53,10 @@ TRAILERS_TOO_LARGE_RESPONSE = raw_reply(
     HeadersTooLarge(f"request trailers or chunk extensions over {MAX_HEAD_BYTES} bytes")
 )
 MESSAGE_TIMEOUT_RESPONSE = raw_reply(RequestTimeout("request body not received in time"))
+#: Bytes a WebSocket connection may have waiting to be sent after a pong: the app's replies stop
+#: at the transport's high-water mark (64 KiB) plus one message, so only a peer that pings and does
+#: not read gets here.
+MAX_WS_WRITE_BACKLOG = 1024 * 1024
 #: The app's body deadline answers first (with its own 408) when the app reads the body.
 MESSAGE_GRACE_S = 1.0
 
@@ -59,14 +68,22 @@ class AbortingWebSocketProtocol(WebSocketsSansIOProtocol):
         super().keepalive_timeout()  # sends a 1011 close if it can, then close() (which may never finish)
         self._abort()
 
+    def handle_ping(self) -> None:
+        if self.transport.is_closing():
+            self.conn.data_to_send()  # aborted below, earlier in this read: nothing more is written
+            return
+        super().handle_ping()
+        if self.transport.get_write_buffer_size() > MAX_WS_WRITE_BACKLOG:
+            self._abort("its peer sends pings and does not read the pongs")
+
     async def run_asgi(self) -> None:
         await super().run_asgi()
         # The app is done; whatever close handshake uvicorn started has close_timeout to finish.
         self.loop.call_later(self.close_timeout + 1.0, self._abort)
 
-    def _abort(self) -> None:
+    def _abort(self, why: str = "its peer stopped reading") -> None:
         if not self.disconnected:
-            log.info("aborting a WebSocket connection whose peer stopped reading")
+            log.info("aborting a WebSocket connection: %s", why)
             self.transport.abort()
 
 

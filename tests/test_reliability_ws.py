@@ -228,6 +228,34 @@ def test_a_client_that_never_reads_is_backpressured_then_dropped(
     assert sent > 20  # the client kept sending while stalled; the server kept reading (newest wins)
 
 
+def test_a_client_that_pings_without_reading_the_pongs_is_dropped(srv: LiveServer) -> None:
+    """Pongs are written by the protocol, past the app's backpressure: a client that floods pings
+    and never reads made the server buffer every pong (hundreds of MB in seconds, on any
+    connection, even one refused for a bad key). Past a bound the connection is aborted."""
+    sock = raw_connect(srv, rcvbuf=4096)
+    assert retry(lambda: len(server_ws_protocols(srv)) == 1)
+    (proto,) = server_ws_protocols(srv)
+    proto.stop_keepalive()  # the bound, not an unanswered keepalive ping, must end it
+    pings = ws_frame(b"p" * 125, opcode=0x9) * 1000
+    sock.setblocking(False)
+    start, sent, peak, pending = time.monotonic(), 0, 0, b""
+    while time.monotonic() - start < 20 and not proto.disconnected and sent < 256 * MiB:
+        pending = pending or pings
+        try:
+            n = sock.send(pending)
+            sent, pending = sent + n, pending[n:]
+        except BlockingIOError:
+            pass
+        except OSError:  # reset: the server dropped us
+            break
+        with contextlib.suppress(RuntimeError):  # the loop thread may be closing the transport
+            peak = max(peak, proto.transport.get_write_buffer_size())
+    dropped = retry(lambda: proto.disconnected, timeout=2.0)
+    sock.close()
+    assert dropped, f"still open after {sent} bytes of pings"
+    assert peak < 4 * MiB, f"server buffered {peak} bytes of pongs for a client that does not read"
+
+
 @pytest.mark.parametrize("when", ["mid-header", "mid-payload", "after-frame"])
 def test_abrupt_disconnect_leaves_nothing_behind(
     srv: LiveServer, frame: bytes, when: str, caplog: pytest.LogCaptureFixture
