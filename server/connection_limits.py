@@ -16,6 +16,12 @@
   own 408 comes first when it is reading the body), closes the connection after
   ``MAX_HEAD_BYTES`` in a row that carry no body (trailers, chunk extensions), and restarts the
   keep-alive timer on bytes that arrive after the reply.
+* **Pipelining flood**: uvicorn queues each pipelined request it parses (a request object, ~1.7
+  KB) behind the one being answered, and reads on after every reply, so one client sending
+  requests nonstop without waiting for replies made the server queue 232,000 of them (590 MB in
+  8 s). Past ``MAX_PIPELINED`` queued requests the rest are dropped unanswered and the last one
+  queued is answered with ``Connection: close``, which ends the connection (RFC 9112 9.3.2: a
+  client retries what a closed connection left unanswered).
 * **Stalled WebSocket peer**: a client that stops reading fills the send buffer; uvicorn's
   keepalive then gives up and calls ``transport.close()``, which waits for that buffer to
   drain, i.e. forever, so the socket and the app's stream slot (one of ``EMOTION_MAX_STREAMS``)
@@ -57,6 +63,8 @@ MESSAGE_TIMEOUT_RESPONSE = raw_reply(RequestTimeout("request body not received i
 #: at the transport's high-water mark (64 KiB) plus one message, so only a peer that pings and does
 #: not read gets here.
 MAX_WS_WRITE_BACKLOG = 1024 * 1024
+#: Pipelined requests queued behind the one being answered; browsers do not pipeline at all.
+MAX_PIPELINED = 64
 #: The app's body deadline answers first (with its own 408) when the app reads the body.
 MESSAGE_GRACE_S = 1.0
 
@@ -101,6 +109,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self._head_tail = b""  # the last bytes of the previous read, for a head's end split across two
         self._message_timer: asyncio.TimerHandle | None = None  # set from head complete to message complete
         self._bodiless_bytes = 0  # bytes received since the last body byte, while a message is open
+        self._pipeline_full = False  # over MAX_PIPELINED: later requests are dropped, the connection closes
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -146,7 +155,14 @@ class BoundedHeadProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm()  # also for a WebSocket upgrade, whose head ends here
+        queued = len(self.pipeline)
         super().on_headers_complete()
+        if len(self.pipeline) > queued and (self._pipeline_full or len(self.pipeline) > MAX_PIPELINED):
+            self.pipeline.popleft()  # the request just parsed (queued newest first): never answered
+            if not self._pipeline_full:
+                self._pipeline_full = True
+                self.pipeline[0][0].keep_alive = False  # the last one answered closes the connection
+                log.info("over %d pipelined requests: answering those queued, then closing", MAX_PIPELINED)
         if not self.parser.should_upgrade():
             self._bodiless_bytes = 0
             self._message_timer = self.loop.call_later(

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -25,6 +26,7 @@ from server_harness import LiveServer, faces_canvas, jpeg, retry, server_setting
 
 from emotion_service import EmotionAnalyzer
 from server.config import Settings
+from server.connection_limits import MAX_PIPELINED
 from server.pipeline.runner import Pipeline
 from server.runtime import load_analyzer
 from shared.protocol import ErrorBody, PredictResponse
@@ -186,6 +188,51 @@ def test_one_more_byte_after_an_unread_body_does_not_keep_the_connection(
     finally:
         for sock in socks:
             sock.close()
+
+
+# ----------------------------------------------------------------------------- pipelining
+
+
+def http_connections(srv: LiveServer) -> list[Any]:
+    return [c for c in srv.server.server_state.connections if hasattr(c, "pipeline")]
+
+
+def test_a_pipelining_flood_is_not_queued_without_bound(srv: LiveServer) -> None:
+    """Was: uvicorn queues every pipelined request it parses (a request object each, ~1.7 KB) and
+    reads on after each reply, so one client sending ``GET /healthz`` nonstop without reading
+    grew the server by 590 MB in 8 s, no key needed. Past ``MAX_PIPELINED`` queued requests the
+    rest are dropped, and the connection closes after the last one queued is answered."""
+    request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+        sock.sendall(request * 5)  # a short pipeline is answered in full, and the connection stays
+        got = b""
+        while got.count(b"HTTP/1.1 200") < 5:
+            got += sock.recv(65536)
+        sock.sendall(request)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", srv.port))
+    sock.setblocking(False)
+    flood, pending, sent, deepest = request * 2000, b"", 0, 0
+    start = time.monotonic()
+    while time.monotonic() - start < 8 and sent < 32 * MiB:
+        pending = pending or flood
+        try:
+            n = sock.send(pending)
+            sent, pending = sent + n, pending[n:]
+        except BlockingIOError:
+            time.sleep(0.01)
+        except OSError:
+            break  # the server closed the connection: fine
+        deepest = max([deepest, *(len(c.pipeline) for c in http_connections(srv))])
+    sock.setblocking(True)
+    closed, got = closed_by_server(sock, 10.0)
+    sock.close()
+    assert deepest <= MAX_PIPELINED, f"{deepest} pipelined requests queued after {sent} bytes sent"
+    assert closed, "the connection of the flood was never closed"
+    assert 0 < got.count(b"HTTP/1.1 200") < 2 * MAX_PIPELINED
 
 
 # ----------------------------------------------------------------------------- 3. slow JPEG decode
