@@ -116,8 +116,8 @@ def report(photos: dict[str, Any] | None, private: dict[str, Any] | None, folder
         SECTION,
         "",
         'The answers, not the speed (that is "Versus fer (CPU)"): our server in its default configuration '
-        "and the `fer` package (25.10.3, `FER()`: Haar detector, its Keras classifier) on the same inputs "
-        "in one run.",
+        "and the `fer` package (25.10.3, `FER()`: its Haar detector and its classifier, run by TensorFlow "
+        "Lite) on the same inputs in one run.",
         "",
         "| set | items | ours: accuracy | fer: accuracy | ours: macro-F1 | fer: macro-F1 "
         "| faces 0 / 1 / 2+ ours | fer |",
