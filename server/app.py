@@ -26,9 +26,22 @@ WEB_DIR = Path(__file__).resolve().parent / "api" / "web"
 ROUTES = frozenset({"/", "/healthz", "/readyz", "/metrics", "/v1/info", "/v1/predict"})
 
 
+#: The page's own files only: no framing by another site (a camera page under someone else's
+#: buttons), scripts, styles and images from this server alone (the stream is a WebSocket to it),
+#: no content-type guessing.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data: blob:; "
+    "media-src 'self' blob: mediastream:; object-src 'none'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
 def _file_endpoint(path: Path) -> Callable[[], Awaitable[FileResponse]]:
     async def endpoint() -> FileResponse:
-        return FileResponse(path)
+        return FileResponse(path, headers=PAGE_HEADERS)
 
     return endpoint
 
@@ -48,7 +61,7 @@ def web_router(folder: Path) -> APIRouter:
     async def index() -> FileResponse:
         if index_html not in files:
             raise HTTPException(404, "browser page not installed")
-        return FileResponse(index_html)
+        return FileResponse(index_html, headers=PAGE_HEADERS)
 
     for path in files:
         router.add_api_route("/" + path.relative_to(folder).as_posix(), _file_endpoint(path), methods=["GET"])

@@ -177,7 +177,15 @@ def test_unknown_routes_use_the_error_shape(srv: LiveServer) -> None:
 def test_page_and_metrics(srv: LiveServer, astronaut_jpeg: bytes) -> None:
     page = httpx.get(srv.url + "/")
     assert page.status_code == 200 and "<html" in page.text.lower()
-    assert httpx.get(srv.url + "/app.js").status_code == 200
+    script = httpx.get(srv.url + "/app.js")
+    assert script.status_code == 200
+    for reply in (page, script):  # not framed by other sites, nothing loaded from elsewhere, no sniffing
+        assert "frame-ancestors 'none'" in reply.headers["content-security-policy"]
+        assert "script-src" not in reply.headers["content-security-policy"]  # default-src 'self' covers it
+        assert (
+            reply.headers["x-frame-options"] == "DENY"
+            and reply.headers["x-content-type-options"] == "nosniff"
+        )
     ok(post(srv, astronaut_jpeg))
     metrics = httpx.get(srv.url + "/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
