@@ -10,21 +10,20 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from server.api.docs import INVALID_HOST
+from server.api.docs import INVALID_HOST, error_response
 from server.deps import ApiKey, RuntimeDep
 from server.errors import LoadFailed, NotReady
 from server.metrics import CONTENT_TYPE
-from shared.protocol import ErrorBody
 
 router = APIRouter(tags=["health"])
 
 UNAVAILABLE: dict[int | str, dict[str, Any]] = {
-    503: {"model": ErrorBody, "description": "model still loading (readyz) or failed to load"}
+    503: error_response("model still loading (readyz) or failed to load")
 }
 METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}}},
     400: INVALID_HOST,
-    401: {"model": ErrorBody, "description": "missing or invalid API key"},
+    401: error_response("missing or invalid API key"),
 }
 
 

@@ -19,7 +19,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from server.api.docs import INVALID_HOST
+from server.api.docs import INVALID_HOST, error_response
 from server.api.options import resolve_options
 from server.api.replies import predict_response
 from server.deps import ApiKey, ReadyRuntimeDep, RuntimeDep
@@ -31,7 +31,7 @@ from server.errors import (
     UnsupportedMediaType,
 )
 from server.pipeline.runner import Job
-from shared.protocol import ErrorBody, FaceOptions, PredictResponse
+from shared.protocol import FaceOptions, PredictResponse
 
 router = APIRouter(prefix="/v1", tags=["predict"], dependencies=[ApiKey])
 T = TypeVar("T")
@@ -45,7 +45,7 @@ MULTIPART_OVERHEAD = 64 * 1024
 IMAGE_FIELDS = ("image", "file")  # "image" is the documented name; "file" is accepted for curl habits
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": what}
+    code: error_response(what)
     for code, what in {
         400: "corrupt image, empty body, malformed multipart, or a Host outside EMOTION_ALLOWED_HOSTS",
         401: "missing or invalid API key",
