@@ -62,6 +62,16 @@ def private_test(data: Path) -> tuple[torch.Tensor, np.ndarray]:
     return torch.from_numpy(ds.images).unsqueeze(1), ds.labels
 
 
+def server_answers(clf: EmotionClassifier, faces48: torch.Tensor) -> torch.Tensor:
+    """(N, C) probabilities for (N, 1, 48, 48) faces as ``POST /v1/predict?detect=false`` gives them:
+    the server's whole-image crop to the classifier's size, then ``predict``, in batches (batching
+    does not change a face's answer)."""
+    crops = torch.cat(
+        [crop_whole_images(list(chunk.float()), clf.input_size) for chunk in faces48.split(512)]
+    )
+    return torch.cat([clf.predict(chunk) for chunk in crops.split(256)])
+
+
 def batch1_ms(paths: dict[str, EmotionClassifier], iters: int) -> dict[str, float]:
     """Median ``predict`` time for one face per path, the paths alternating call by call."""
     times: dict[str, list[float]] = {k: [] for k in paths}
@@ -97,10 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     probs: dict[tuple[str, bool], torch.Tensor] = {}
     accs: dict[tuple[str, bool], float] = {}
     for key, clf in paths.items():
-        crops = torch.cat(
-            [crop_whole_images(list(chunk.float()), clf.input_size) for chunk in faces48.split(512)]
-        )
-        p = torch.cat([clf.predict(chunk) for chunk in crops.split(256)])
+        p = server_answers(clf, faces48)
         y = np.array([clf.classes.index(EMOTIONS[i]) for i in labels])
         probs[key], accs[key] = p, float((p.argmax(1).numpy() == y).mean())
         print(key, f"{accs[key]:.4f}", flush=True)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from backend_parity import FER2013, private_test  # bench/ is on sys.path when run as a script
+from backend_parity import FER2013, private_test, server_answers  # bench/ is on sys.path when run as a script
 from docsection import write_section
 from vs_fer import FerWorker
 
@@ -93,15 +93,11 @@ def photos_side_by_side(folder: Path, checkpoint: Path, fer: FerWorker) -> dict[
 
 
 def private_side_by_side(data: Path, checkpoint: Path, fer: FerWorker) -> dict[str, Any]:
-    import torch
-
-    from server.pipeline.crop import crop_whole_images
     from training.evaluate_photos import build_server_pipeline
 
     faces48, labels = private_test(data)
     clf = build_server_pipeline(checkpoint, "cpu")[0].classifier  # the server's default path here
-    crops = torch.cat([crop_whole_images(list(c.float()), clf.input_size) for c in faces48.split(512)])
-    proba = torch.cat([clf.predict(c) for c in crops.split(256)]).numpy()
+    proba = server_answers(clf, faces48).numpy()
     our_pred = np.array([EMOTIONS.index(clf.classes[i]) for i in proba.argmax(1)])
     with tempfile.TemporaryDirectory() as tmp:
         npy = Path(tmp) / "faces.npy"
