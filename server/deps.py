@@ -36,18 +36,25 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def get_ready_runtime(runtime: Runtime) -> Runtime:
-    """``runtime`` if its models are loaded, else :class:`NotReady` (the stream route calls it too)."""
+    """The stream's check: ``runtime`` if its models are loaded, else :class:`NotReady` (1013, with
+    "model failed to load" as the reason after a failed load)."""
     if not runtime.ready:
         raise NotReady("model failed to load") if runtime.load_error else NotReady()
     return runtime
 
 
-async def _ready_runtime(runtime: RuntimeDep) -> Runtime:
-    """REST: a failed load is 503 ``load_failed`` without ``Retry-After`` (waiting does not help),
-    as the probes say; only a stream is refused with 1013 ``model failed to load``."""
+def require_ready(runtime: Runtime) -> Runtime:
+    """REST's and ``/readyz``'s check: after a failed load 503 ``load_failed`` without ``Retry-After``
+    (waiting does not help), while loading 503 ``not_ready``."""
     if runtime.load_error:
         raise LoadFailed()
-    return get_ready_runtime(runtime)
+    if not runtime.ready:
+        raise NotReady()
+    return runtime
+
+
+async def _ready_runtime(runtime: RuntimeDep) -> Runtime:
+    return require_ready(runtime)
 
 
 ReadyRuntimeDep = Annotated[Runtime, Depends(_ready_runtime)]

@@ -11,8 +11,8 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from server.api.docs import INVALID_HOST, error_response
-from server.deps import ApiKey, RuntimeDep
-from server.errors import LoadFailed, NotReady
+from server.deps import ApiKey, RuntimeDep, require_ready
+from server.errors import LoadFailed
 from server.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["health"])
@@ -38,10 +38,7 @@ async def healthz(runtime: RuntimeDep) -> dict[str, str]:
 
 @router.get("/readyz", responses=UNAVAILABLE, summary="The model is loaded and warmed up; 503 until then")
 async def readyz(runtime: RuntimeDep) -> dict[str, str]:
-    if runtime.load_error:
-        raise LoadFailed()
-    if not runtime.ready:
-        raise NotReady()
+    require_ready(runtime)
     return {"status": "ready"}
 
 
