@@ -54,7 +54,10 @@ def test_not_ready_until_warmed_up(tiny_checkpoint: Path, astronaut_jpeg: bytes)
         srv.stop()
 
 
-def test_load_failure_is_reported_not_hidden(tiny_checkpoint: Path) -> None:
+def test_load_failure_is_reported_not_hidden(tiny_checkpoint: Path, astronaut_jpeg: bytes) -> None:
+    """Probes and REST alike: 503 ``load_failed``; REST without ``Retry-After`` (docs/protocol.md:
+    waiting does not help, and ``not_ready`` with it would send a client's retry loop round forever)."""
+
     def broken(settings: Settings) -> EmotionAnalyzer:
         raise RuntimeError("detector weights unreadable")
 
@@ -65,22 +68,6 @@ def test_load_failure_is_reported_not_hidden(tiny_checkpoint: Path) -> None:
             resp = httpx.get(srv.url + path)
             assert resp.status_code == 503 and error_code(resp) == "load_failed"
             assert "detector weights unreadable" not in resp.text  # details go to the log only
-    finally:
-        srv.stop()
-
-
-def test_predict_after_a_failed_load_says_load_failed_not_retry(
-    tiny_checkpoint: Path, astronaut_jpeg: bytes
-) -> None:
-    """docs/protocol.md: a failed load is 503 ``load_failed`` without ``Retry-After`` (waiting does
-    not help); ``not_ready`` with ``Retry-After`` would send a client's retry loop round forever."""
-
-    def broken(settings: Settings) -> EmotionAnalyzer:
-        raise RuntimeError("detector weights unreadable")
-
-    srv = LiveServer(server_settings(tiny_checkpoint), analyzer_factory=broken).start(wait_ready=False)
-    try:
-        assert retry(lambda: srv.runtime.load_error is not None)
         resp = httpx.post(srv.url + "/v1/predict", content=astronaut_jpeg, timeout=30)
         assert resp.status_code == 503 and error_code(resp) == "load_failed", resp.text
         assert "retry-after" not in resp.headers
