@@ -32,8 +32,15 @@ SERVER = [
     "fastapi-offline>=1.7",  # Swagger UI / ReDoc assets in the wheel: /docs works without internet
 ]
 # nncf: int8 post-training quantization of the networks (training.quantize_ssd, training.quantize_classifier),
-# offline only.
-TRAIN = ["torchvision>=0.19", "scikit-learn>=1.4", "tqdm>=4.66", "matplotlib>=3.8", "nncf>=2.14"]
+# offline only; torchmetrics: the calibration error (ECE) in emotion-eval's reports.
+TRAIN = [
+    "torchvision>=0.19",
+    "scikit-learn>=1.4",
+    "torchmetrics>=1.0",
+    "tqdm>=4.66",
+    "matplotlib>=3.8",
+    "nncf>=2.14",
+]
 # The lean remote client (43 MB venv, docs/client.md): REST predict, batch jobs against a server,
 # the WebSocket, the schemas. `webcam` adds capture (webcam, video files, image folders) with PyAV,
 # which bundles FFmpeg and needs no numpy; the window is Python's own tkinter. `camera` is the

@@ -98,6 +98,20 @@ def test_accuracies_agree_with_the_per_photo_answers(result: dict) -> None:
     assert "faces per photo" in result["_report"] and "| happy | 3 |" in result["_report"]
 
 
+def test_calibration_is_that_of_the_per_photo_scores(result: dict) -> None:
+    """The report's calibration block is computed from the first faces' scores it lists."""
+    classes = result["classes"]
+    firsts = [p for p in result["photos"] if p["faces"]]
+    assert all(len(p["scores"]) == len(classes) for p in firsts)
+    assert all(p["scores"] is None for p in result["photos"] if not p["faces"])
+    label_scores = [p["scores"][classes.index(p["label"])] for p in firsts]
+    cal = result["calibration_first_face"]
+    assert cal["nll"] == pytest.approx(-np.mean(np.log(label_scores)), abs=1e-3)
+    assert cal["mean_confidence"] == pytest.approx(np.mean([max(p["scores"]) for p in firsts]), abs=1e-4)
+    assert sum(m["n"] for m in cal["by_prediction"].values()) == len(firsts)
+    assert "What a score means" in result["_report"]
+
+
 def test_first_face_is_what_the_server_answers(result: dict, tiny_checkpoint: Path) -> None:
     """Each photo's first face and label equal POST /v1/predict's first face on a live server."""
     srv = LiveServer(server_settings(tiny_checkpoint)).start()
@@ -116,6 +130,8 @@ def test_first_face_is_what_the_server_answers(result: dict, tiny_checkpoint: Pa
             assert len(faces) == p["faces"], p["path"]
             if faces:
                 assert faces[0]["dominant"] == p["first"], p["path"]
+                server_scores = [faces[0]["emotions"][c] for c in result["classes"]]
+                assert server_scores == pytest.approx(p["scores"], abs=1e-3), p["path"]
                 b = faces[0]["box"]
                 assert abs(b["x"] - p["box"][0]) <= 1 and abs(b["y"] - p["box"][1]) <= 1
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.scoring import classification_metrics
+from training.scoring import calibration_metrics, classification_metrics
 
 
 def test_metrics_match_hand_computation() -> None:
@@ -37,3 +37,24 @@ def test_absent_class_has_zero_support_and_no_auc() -> None:
     )
     assert m["per_class"]["c"]["support"] == 0 and m["per_class"]["c"]["auc"] is None
     assert m["macro_f1"] == pytest.approx(1.0)
+
+
+def test_calibration_matches_hand_computation() -> None:
+    classes = ["a", "b", "c"]
+    y = np.array([0, 0, 1, 2])
+    proba = np.array([[0.9, 0.05, 0.05], [0.6, 0.3, 0.1], [0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
+    cal = classification_metrics(y, proba, classes)["calibration"]
+    assert cal["nll"] == pytest.approx(-np.mean(np.log([0.9, 0.6, 0.3, 0.6])))
+    onehot = np.eye(3)[y]
+    assert cal["brier"] == pytest.approx(((proba - onehot) ** 2).sum(1).mean())
+    # top scores 0.9 (right) | 0.6, 0.6, 0.6 (right, wrong, right) in 15 equal bins:
+    # 1/4 * |1 - 0.9| + 3/4 * |2/3 - 0.6| = 0.025 + 0.05
+    assert cal["ece"] == pytest.approx(0.075, abs=1e-6)
+    assert cal["mean_confidence"] == pytest.approx(0.675)
+    assert cal["by_prediction"]["a"] == pytest.approx({"n": 3, "mean_confidence": 0.7, "precision": 2 / 3})
+    assert cal["by_prediction"]["c"] == pytest.approx({"n": 1, "mean_confidence": 0.6, "precision": 1.0})
+    assert "b" not in cal["by_prediction"]  # never predicted: no precision to report
+
+
+def test_calibration_of_nothing_is_none() -> None:
+    assert calibration_metrics(np.zeros(0, dtype=int), np.zeros((0, 2)), ["a", "b"]) is None

@@ -137,7 +137,9 @@ def main_detect(args: argparse.Namespace) -> None:
     print(
         f"photos={metrics['n_photos']} faces 0/1/2+ = {fpp['0']}/{fpp['1']}/{fpp['2+']} "
         f"accuracy_photos={metrics['accuracy_photos']:.4f} "
-        f"accuracy_first_face={metrics['accuracy_first_face']:.4f} -> {args.out}/metrics.json"
+        f"accuracy_first_face={metrics['accuracy_first_face']:.4f}"
+        + (f" ece={cal['ece']:.4f}" if (cal := metrics["calibration_first_face"]) else "")
+        + f" -> {args.out}/metrics.json"
     )
 
 
@@ -184,7 +186,7 @@ def evaluate_checkpoint(
 
 
 def write_report(metrics: dict[str, Any], out: Path) -> None:
-    from training.report import plot_confusion
+    from training.report import calibration_lines, plot_confusion
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -211,6 +213,7 @@ def write_report(metrics: dict[str, Any], out: Path) -> None:
         lines.append(
             f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {auc} | {m['support']} |"
         )
+    lines += calibration_lines(metrics["calibration"])
     lines += ["", "![confusion matrix](confusion.png)", ""]
     (out / "report.md").write_text("\n".join(lines))
 
@@ -253,7 +256,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"bundled -> {bundle(args.checkpoint, args.bundle, metrics, crop_override(args))}")
     print(
         f"{metrics['split']}: n={metrics['n']} accuracy={metrics['accuracy']:.4f} "
-        f"macro_f1={metrics['macro_f1']:.4f} tta={metrics['tta']} -> {args.out}/metrics.json"
+        f"macro_f1={metrics['macro_f1']:.4f} nll={metrics['calibration']['nll']:.4f} "
+        f"ece={metrics['calibration']['ece']:.4f} tta={metrics['tta']} -> {args.out}/metrics.json"
     )
 
 

@@ -164,6 +164,7 @@ def evaluate_photos(
                     "faces": n,
                     "first": classes[int(np.argmax(r.faces[0].probs))] if r is not None and n else None,
                     "box": [round(v, 1) for v in r.faces[0].box] if r is not None and n else None,
+                    "scores": [round(float(v), 5) for v in r.faces[0].probs] if r is not None and n else None,
                 }
             )
         if framings:
@@ -258,6 +259,7 @@ def photo_metrics(
         "per_class": detected["per_class"],
         "per_class_photos": recall_photos,
         "confusion_matrix": detected["confusion_matrix"],
+        "calibration_first_face": detected["calibration"],
         "classes": classes,
         "predicted_histogram": histogram(np.ones(n, dtype=bool)),
         "predicted_histogram_by_true": {c: histogram(y_true == i) for i, c in enumerate(classes)},
@@ -270,7 +272,7 @@ def write_photo_report(metrics: dict[str, Any], out: Path) -> None:
     """metrics.json, confusion.png (first faces) and report.md, like ``emotion-eval`` writes."""
     import json
 
-    from training.report import plot_confusion
+    from training.report import calibration_lines, plot_confusion
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -337,5 +339,6 @@ def write_photo_report(metrics: dict[str, Any], out: Path) -> None:
             f"| {f['margin']:.2f} | {f['y_shift']:+.2f} | {f['square']} | {f['accuracy_photos']:.2%} |"
             for f in metrics["framings"]
         ]
+    lines += calibration_lines(metrics["calibration_first_face"])
     lines += ["", "![confusion matrix](confusion.png)", ""]
     (out / "report.md").write_text("\n".join(lines))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -56,3 +57,23 @@ def plot_confusion(cm: list[list[int]], classes: list[str], out: Path, title: st
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def calibration_lines(cal: dict[str, Any] | None) -> list[str]:
+    """The report's "What a score means" part from ``training.scoring.calibration_metrics``."""
+    if cal is None:
+        return []
+    lines = [
+        "",
+        "What a score means (calibration): "
+        f"NLL {cal['nll']:.4f}, Brier {cal['brier']:.4f}, "
+        f"ECE {cal['ece']:.2%} ({cal['ece_bins']} bins), mean top score {cal['mean_confidence']:.3f}.",
+        "",
+        "| predicted | faces | mean top score | right (precision) |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    lines += [
+        f"| {name} | {m['n']} | {m['mean_confidence']:.3f} | {m['precision']:.3f} |"
+        for name, m in cal["by_prediction"].items()
+    ]
+    return lines

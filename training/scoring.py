@@ -10,7 +10,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
+from sklearn.metrics import (
+    brier_score_loss,
+    confusion_matrix,
+    log_loss,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 from torch import nn
 
 from server.pipeline.preprocess import normalize
@@ -83,4 +89,46 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[
         "per_class": per_class,
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "classes": list(classes),
+        "calibration": calibration_metrics(y_true, proba, classes),
+    }
+
+
+def calibration_metrics(
+    y_true: np.ndarray, proba: np.ndarray, classes: list[str], n_bins: int = 15
+) -> dict[str, Any] | None:
+    """How far the scores can be read as probabilities (``None`` without rows).
+
+    Negative log-likelihood, multiclass Brier score (sum over classes), top-label expected
+    calibration error (``n_bins`` equal-width bins, as Guo et al. 2017), mean top score, and for
+    each predicted class how often it is right against its mean top score: a model can be
+    underconfident on some classes and overconfident on others, which the global ECE averages
+    away and one temperature cannot mend (docs/model-card.md, "What a score means").
+    """
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    if len(y_true) == 0:
+        return None
+    p = np.asarray(proba, dtype=np.float64)
+    p = p / p.sum(1, keepdims=True)  # float32 sums drift from 1 by ~1e-7; the scorers expect 1
+    labels = list(range(len(classes)))
+    conf, pred = p.max(1), p.argmax(1)
+    ece = multiclass_calibration_error(
+        torch.from_numpy(p), torch.from_numpy(np.asarray(y_true)), len(classes), n_bins=n_bins, norm="l1"
+    )
+    by_prediction = {
+        name: {
+            "n": int((pred == i).sum()),
+            "mean_confidence": float(conf[pred == i].mean()),
+            "precision": float((y_true[pred == i] == i).mean()),
+        }
+        for i, name in enumerate(classes)
+        if (pred == i).any()
+    }
+    return {
+        "nll": float(log_loss(y_true, p, labels=labels)),
+        "brier": float(brier_score_loss(y_true, p, labels=labels)),
+        "ece": float(ece),
+        "ece_bins": n_bins,
+        "mean_confidence": float(conf.mean()),
+        "by_prediction": by_prediction,
     }
