@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ SPLIT_CHOICES = {
     "private": ("private",),
     "public": ("public",),
     "test": ("public", "private", "test"),
+    "train": ("train", "val"),  # e.g. training.photo_crops' crops of the people the fine-tunes train on
     "all": ("train", "val", "public", "private", "test"),
 }
 
@@ -153,14 +155,28 @@ def resolve_split(ds: FaceDataset, split: str) -> tuple[str, FaceDataset]:
     return split, sub
 
 
-def evaluate_checkpoint(
+@dataclass
+class SplitScores:
+    """A checkpoint's scores on one split, in the checkpoint's class order."""
+
+    split: str
+    y: np.ndarray  # (N,) class indices into ``classes``
+    proba: np.ndarray  # (N, C)
+    classes: list[str]
+    skipped: dict[str, int]
+    data_fingerprint: str
+
+
+def score_split(
     data: str | Path,
     checkpoint: str | Path = DEFAULT_CHECKPOINT,
     split: str = "auto",
     tta: str = "none",
     device: str = "auto",
     batch_size: int = 512,
-) -> dict[str, Any]:
+) -> SplitScores:
+    """Score every face of ``split`` with the checkpoint's torch model (faces of classes it lacks are
+    skipped and counted)."""
     dev = torch.device(resolve_device(device))
     model, meta = load_checkpoint(checkpoint, dev)
     model = model.to(memory_format=torch.channels_last)
@@ -173,13 +189,29 @@ def evaluate_checkpoint(
     images = sub.images[keep]
     y = np.array([meta.classes.index(EMOTIONS[i]) for i in sub.labels[keep]], dtype=np.int64)
     proba = predict_proba(model, images, meta.mean, meta.std, device=dev, batch_size=batch_size, tta=tta)
-    metrics = classification_metrics(y, proba, meta.classes)
+    return SplitScores(split, y, proba, meta.classes, skipped, ds.fingerprint())
+
+
+def evaluate_checkpoint(
+    data: str | Path,
+    checkpoint: str | Path = DEFAULT_CHECKPOINT,
+    split: str = "auto",
+    tta: str = "none",
+    device: str = "auto",
+    batch_size: int = 512,
+) -> dict[str, Any]:
+    scores = score_split(data, checkpoint, split, tta, device, batch_size)
+    metrics = classification_metrics(scores.y, scores.proba, scores.classes)
     metrics |= {
-        "data_fingerprint": ds.fingerprint(),
-        "split": split,
+        "data_fingerprint": scores.data_fingerprint,
+        "split": scores.split,
         "tta": tta,
-        "skipped": skipped,
-        "checkpoint": {"path": str(checkpoint), "name": meta.name, "sha256_12": file_digest(checkpoint)},
+        "skipped": scores.skipped,
+        "checkpoint": {
+            "path": str(checkpoint),
+            "name": read_meta(checkpoint).name,
+            "sha256_12": file_digest(checkpoint),
+        },
         "data": str(data),
     }
     return metrics
