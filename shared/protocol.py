@@ -13,9 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 class _Reply(BaseModel):
     """Server -> client: unknown fields are ignored, so a newer server can add one without
-    breaking clients already installed (they validate every reply with these models)."""
+    breaking clients already installed (they validate every reply with these models).
 
-    model_config = ConfigDict(extra="ignore")
+    The server sends every field, defaults and nulls included, so the schema of a reply (its
+    serialization schema: OpenAPI's) lists them all as required, a field with a default too; a
+    client generated from /openapi.json then does not type ``timing_ms.total`` as optional.
+    Validating a reply still accepts a field left out (the default fills it)."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_serialization_defaults_required=True)
 
 
 class _Request(BaseModel):

@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, Awaitable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
@@ -78,7 +78,13 @@ PREDICT_BODY: dict[str, Any] = {
 }
 
 
-class ModelInfo(BaseModel):
+class _InfoReply(BaseModel):
+    """``/v1/info`` sends every field, nulls included: the schema says so (see ``shared.protocol._Reply``)."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+
+class ModelInfo(_InfoReply):
     name: str
     version: str
     arch: str
@@ -93,7 +99,7 @@ class ModelInfo(BaseModel):
     )
 
 
-class DetectorInfo(BaseModel):
+class DetectorInfo(_InfoReply):
     kind: str
     input_size: str = Field(
         description="Network input, WxH (blazeface: its two networks, WxH+WxH; haar: the image)."
@@ -108,7 +114,7 @@ class DetectorInfo(BaseModel):
     )
 
 
-class InfoResponse(BaseModel):
+class InfoResponse(_InfoReply):
     ready: bool
     classes: list[str]
     model: ModelInfo
