@@ -1,19 +1,28 @@
-"""/openapi.json against what a live server sends: the fields of its replies.
+"""/openapi.json against what a live server sends: the fields of its replies, its error codes.
 
-A client generated from the document alone types a field left out of ``required`` as optional.
-So each reply a live server sends is compared with the document: every field sent is declared
-and required, and every declared field is sent.
+A client generated from the document alone types a field left out of ``required`` as optional,
+and learns an error code only from the response's description and examples. So each reply a live
+server sends is compared with the document: every field sent is declared and required (and every
+declared field sent), and every ``code`` that comes with a status is named in that status's
+description and examples.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from server_harness import LiveServer, jpeg_claiming, png_claiming, server_settings
+from server_harness import LiveServer, jpeg_claiming, png_claiming, retry, server_settings
+
+from emotion_service import EmotionAnalyzer
+from server.config import Settings
+from server.errors import ERRORS, INTERNAL
+from server.runtime import load_analyzer
+from shared.protocol import ErrorBody
 
 pytestmark = pytest.mark.slow
 KEY = "openapi-replies-key-123"
@@ -62,6 +71,33 @@ def ready_replies(server: LiveServer, astronaut_jpeg: bytes) -> list[Seen]:
     ]
 
 
+@pytest.fixture(scope="module")
+def unready_replies(tiny_checkpoint: Path, astronaut_jpeg: bytes) -> list[Seen]:
+    """A server still loading its model (503 not_ready) and one whose model failed to load
+    (503 load_failed), on every route that answers them."""
+    gate = threading.Event()
+
+    def slow(settings: Settings) -> EmotionAnalyzer:
+        gate.wait(60)
+        return load_analyzer(settings)
+
+    def broken(settings: Settings) -> EmotionAnalyzer:
+        raise RuntimeError("weights unreadable")
+
+    seen: list[Seen] = []
+    for factory in (slow, broken):
+        srv = LiveServer(server_settings(tiny_checkpoint), analyzer_factory=factory).start(wait_ready=False)
+        try:
+            assert factory is slow or retry(lambda srv=srv: srv.runtime.load_error is not None)
+            for path in ("/healthz", "/readyz"):
+                seen.append(("get", path, httpx.get(srv.url + path)))
+            seen.append(("post", "/v1/predict", httpx.post(srv.url + "/v1/predict", content=astronaut_jpeg)))
+        finally:
+            gate.set()
+            srv.stop()
+    return seen
+
+
 def _resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
     while "$ref" in node:
         name = node["$ref"].removeprefix("#/components/schemas/")
@@ -107,4 +143,56 @@ def test_every_field_a_reply_sends_is_declared_and_required(
     for method, path, reply in successes:
         declared = schema["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
         problems += _compare(schema, declared, reply.json(), f"{method} {path}")
+    assert not problems, "\n".join(problems)
+
+
+def _declared(schema: dict[str, Any], method: str, path: str, status: int) -> dict[str, Any]:
+    responses = schema["paths"][path][method]["responses"]
+    assert str(status) in responses, f"{method} {path}: {status} is not declared"
+    response: dict[str, Any] = responses[str(status)]
+    return response
+
+
+def test_every_error_code_sent_is_listed_under_its_status(
+    server: LiveServer, ready_replies: list[Seen], unready_replies: list[Seen]
+) -> None:
+    """Each (status, code) the server answers is named in that response's description and has an
+    example there; and no response lists a code that the error table gives another status."""
+    schema = _schema(server.url)
+    seen: set[tuple[str, str, int, str]] = set()
+    for method, path, reply in ready_replies + unready_replies:
+        if reply.status_code == 200:
+            continue
+        code = ErrorBody.model_validate_json(reply.content).error.code
+        seen.add((method, path, reply.status_code, code))
+    assert {(s, c) for _, _, s, c in seen} >= {
+        (400, "invalid_image"),
+        (400, "bad_request"),
+        (401, "unauthorized"),
+        (413, "payload_too_large"),
+        (413, "image_too_large"),
+        (415, "unsupported_media_type"),
+        (422, "invalid_parameters"),
+        (422, "invalid_image_shape"),
+        (503, "not_ready"),
+        (503, "load_failed"),
+    }, seen
+    problems = []
+    for method, path, status, code in sorted(seen):
+        response = _declared(schema, method, path, status)
+        examples = response["content"]["application/json"].get("examples", {})
+        listed = {e["value"]["error"]["code"] for e in examples.values()}
+        if f"`{code}`" not in response["description"] or code not in listed:
+            problems.append(f"{method} {path} {status}: {code} not listed ({response['description']!r})")
+    statuses = {(spec.code, spec.status) for spec in [*ERRORS.values(), INTERNAL]}
+    for path, ops in schema["paths"].items():
+        for method, op in ops.items():
+            for status, response in op["responses"].items():
+                for example in (
+                    response.get("content", {}).get("application/json", {}).get("examples", {}).values()
+                ):
+                    ErrorBody.model_validate(example["value"])
+                    code = example["value"]["error"]["code"]
+                    if (code, int(status)) not in statuses:
+                        problems.append(f"{method} {path} {status}: {code} comes with another status")
     assert not problems, "\n".join(problems)

@@ -8,11 +8,24 @@ from the app. The key's security schemes (Authorize button) are declared by
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from server.errors import (
+    BUSY,
+    ERRORS,
+    INTERNAL,
+    LEFT,
+    SHUTTING_DOWN,
+    ErrorSpec,
+    LoadFailed,
+    NotReady,
+    Unauthorized,
+    error_body,
+)
 from shared.protocol import ErrorBody
 
 DESCRIPTION = """\
@@ -23,19 +36,69 @@ drop/tracking rules are in `docs/protocol.md` of the source tree. With `EMOTION_
 """
 
 
-def error_response(description: str) -> dict[str, Any]:
-    """An OpenAPI response entry: an ``ErrorBody`` and when it is sent."""
-    return {"model": ErrorBody, "description": description}
+#: What an example in the document says for each code: the server's wording, with made-up numbers.
+EXAMPLE_MESSAGES: dict[str, str] = {
+    "invalid_image": "corrupt or truncated JPEG data",
+    "bad_request": "empty body: no image",
+    "client_disconnected": LEFT,
+    "invalid_host": "the Host header names a host this server does not serve",
+    "unauthorized": str(Unauthorized()),
+    "request_timeout": "the body did not arrive within 30 s",
+    "payload_too_large": "body of 20000000 bytes exceeds the limit of 10485760 bytes",
+    "image_too_large": "image is 9000x9000 = 81000000 pixels; the limit is 40000000",
+    "image_too_complex": "JPEG has 60 scans; at 6000x4000 the limit is 41 (progressive decoding costs "
+    "pixels x scans)",
+    "unsupported_media_type": "unsupported image format: expected JPEG, PNG, WEBP",
+    "invalid_parameters": "query.max_faces: Input should be greater than or equal to 1",
+    "invalid_image_shape": "image is 4000x10: an aspect ratio over 50:1 holds no face",
+    "headers_too_large": "request headers over 65536 bytes",
+    "not_ready": str(NotReady()),
+    "load_failed": str(LoadFailed()),
+    "overloaded": BUSY,
+    "shutting_down": SHUTTING_DOWN,
+}
+
+
+def _specs(code: str) -> list[ErrorSpec]:
+    specs = [spec for spec in (*ERRORS.values(), INTERNAL) if spec.code == code]
+    if not specs:
+        raise ValueError(f"no row of server.errors.ERRORS has the code {code!r}")
+    return specs
+
+
+def error_responses(when: Mapping[str, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI response entries for the error codes in ``when`` (code -> when it is sent), one per
+    status (the status of the code's row in :data:`server.errors.ERRORS`): an ``ErrorBody`` whose
+    description and examples name every code the status comes with, so a client generated from the
+    document alone knows them all."""
+    by_status: dict[int, list[str]] = {}
+    for code in when:
+        statuses = {spec.status for spec in _specs(code)}
+        if len(statuses) != 1:
+            raise ValueError(f"{code!r} comes with several statuses: {sorted(statuses)}")
+        by_status.setdefault(statuses.pop(), []).append(code)
+    entries: dict[int | str, dict[str, Any]] = {}
+    for status, codes in by_status.items():
+        examples = {code: {"value": error_body(code, EXAMPLE_MESSAGES[code])} for code in codes}
+        entries[status] = {
+            "model": ErrorBody,
+            "description": "\n".join(f"- `{code}`: {when[code]}" for code in codes),
+            "content": {"application/json": {"examples": examples}},
+        }
+    return entries
 
 
 #: What the server's edge (server/connection_limits.py) answers to any request, before a route
 #: runs: declared on every operation, so a client generated from the schema expects them.
-ANY_REQUEST: dict[int | str, dict[str, Any]] = {
-    408: error_response("the request line and headers did not arrive within the header timeout"),
-    431: error_response("request line and headers over 64 KiB"),
-}
+ANY_REQUEST = error_responses(
+    {
+        "request_timeout": "the request line and headers did not arrive within the header timeout",
+        "headers_too_large": "request line and headers over 64 KiB",
+    }
+)
 #: The Host guard (server/api/guards.py) answers every route but the probes.
-INVALID_HOST = error_response("EMOTION_ALLOWED_HOSTS is set and the Host header names another host")
+INVALID_HOST = "EMOTION_ALLOWED_HOSTS is set and the Host header names another host"
+UNAUTHORIZED = "missing or invalid API key"
 
 
 def create_documented_app(**kwargs: Any) -> FastAPI:

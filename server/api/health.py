@@ -10,25 +10,31 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from server.api.docs import INVALID_HOST, error_response
+from server.api.docs import INVALID_HOST, UNAUTHORIZED, error_responses
 from server.deps import ApiKey, RuntimeDep, require_ready
 from server.errors import LoadFailed
 from server.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["health"])
 
-UNAVAILABLE: dict[int | str, dict[str, Any]] = {
-    503: error_response("model still loading (readyz) or failed to load")
-}
+LOAD_FAILED = "the model failed to load (waiting does not help; the reason is in the server log)"
+HEALTHZ_RESPONSES = error_responses({"load_failed": LOAD_FAILED})
+READYZ_RESPONSES = error_responses(
+    {
+        "not_ready": "the model is still loading or warming up, or the server is stopping",
+        "load_failed": LOAD_FAILED,
+    }
+)
 METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}}},
-    400: INVALID_HOST,
-    401: error_response("missing or invalid API key"),
+    **error_responses({"invalid_host": INVALID_HOST, "unauthorized": UNAUTHORIZED}),
 }
 
 
 @router.get(
-    "/healthz", responses=UNAVAILABLE, summary="The process is alive (and its model did not fail to load)"
+    "/healthz",
+    responses=HEALTHZ_RESPONSES,
+    summary="The process is alive (and its model did not fail to load)",
 )
 async def healthz(runtime: RuntimeDep) -> dict[str, str]:
     if runtime.load_error:
@@ -36,7 +42,9 @@ async def healthz(runtime: RuntimeDep) -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses=UNAVAILABLE, summary="The model is loaded and warmed up; 503 until then")
+@router.get(
+    "/readyz", responses=READYZ_RESPONSES, summary="The model is loaded and warmed up; 503 until then"
+)
 async def readyz(runtime: RuntimeDep) -> dict[str, str]:
     require_ready(runtime)
     return {"status": "ready"}

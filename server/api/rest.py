@@ -19,7 +19,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from server.api.docs import INVALID_HOST, error_response
+from server.api.docs import INVALID_HOST, UNAUTHORIZED, error_responses
 from server.api.options import resolve_options
 from server.api.replies import predict_response
 from server.deps import ApiKey, ReadyRuntimeDep, RuntimeDep
@@ -44,18 +44,29 @@ RAW_TYPES = frozenset({"", "image/jpg", *RAW_IMAGE_TYPES})
 MULTIPART_OVERHEAD = 64 * 1024
 IMAGE_FIELDS = ("image", "file")  # "image" is the documented name; "file" is accepted for curl habits
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: error_response(what)
-    for code, what in {
-        400: "corrupt image, empty body, malformed multipart, or a Host outside EMOTION_ALLOWED_HOSTS",
-        401: "missing or invalid API key",
-        408: "the request's head or body did not arrive within its timeout",
-        413: "body or pixel count over the limit, or a JPEG with too many scans",
-        415: "not a JPEG, PNG or WebP image",
-        422: "bad query parameters, or an image with an extreme aspect ratio",
-        503: "model not loaded yet (not_ready), failed to load (load_failed), overloaded or shutting down",
-    }.items()
-}
+ERROR_RESPONSES = error_responses(
+    {
+        "invalid_image": "a corrupt or truncated image (starts like a JPEG, PNG or WebP; does not decode)",
+        "bad_request": "an empty body, malformed multipart, or a form with more than one image",
+        "client_disconnected": "the client hung up mid-upload or before its reply (nobody reads this)",
+        "invalid_host": INVALID_HOST,
+        "unauthorized": UNAUTHORIZED,
+        "request_timeout": "the request's head or body did not arrive within its timeout",
+        "payload_too_large": "body over EMOTION_MAX_BODY_BYTES",
+        "image_too_large": "more pixels than EMOTION_MAX_PIXELS",
+        "image_too_complex": "a progressive JPEG with more scans than its size allows",
+        "unsupported_media_type": "a Content-Type other than those of the request body, or bytes that are "
+        "not a JPEG, PNG or WebP image",
+        "invalid_parameters": "bad query parameters, or a multipart body without an 'image' file",
+        "invalid_image_shape": "an aspect ratio over 50:1, which holds no face",
+        "not_ready": "the model is still loading",
+        "load_failed": "the model failed to load (waiting does not help; the reason is in the server log)",
+        "overloaded": "the model's queue is full",
+        "shutting_down": "the server is stopping",
+    }
+)
+#: ``GET /v1/info``'s errors (beside :data:`server.api.docs.ANY_REQUEST`).
+INFO_RESPONSES = error_responses({"invalid_host": INVALID_HOST, "unauthorized": UNAUTHORIZED})
 
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
@@ -241,7 +252,7 @@ async def predict(
 @router.get(
     "/info",
     response_model=InfoResponse,
-    responses={400: INVALID_HOST, 401: ERROR_RESPONSES[401]},
+    responses=INFO_RESPONSES,
     summary="Classes, model metadata, detector, device, limits",
 )
 async def info(runtime: RuntimeDep) -> InfoResponse:
