@@ -1,10 +1,11 @@
-"""/openapi.json against what a live server sends: the fields of its replies, its error codes.
+"""/openapi.json against what a live server sends: reply fields, error codes, response headers.
 
 A client generated from the document alone types a field left out of ``required`` as optional,
-and learns an error code only from the response's description and examples. So each reply a live
-server sends is compared with the document: every field sent is declared and required (and every
-declared field sent), and every ``code`` that comes with a status is named in that status's
-description and examples.
+reads only the headers a response declares, and learns an error code only from the response's
+description and examples. So each reply a live server sends is compared with the document: every
+field sent is declared and required (and every declared field sent), every ``code`` that comes
+with a status is named in that status's description and examples, and every ``Retry-After`` or
+``WWW-Authenticate`` the server sends is declared on the response that carries it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from shared.protocol import ErrorBody
 
 pytestmark = pytest.mark.slow
 KEY = "openapi-replies-key-123"
+#: Headers the error table adds to replies; ``Connection: close`` is the transport's, not the API's.
+ERROR_HEADERS = {name.lower() for spec in ERRORS.values() for name in spec.headers} - {"connection"}
 Seen = tuple[str, str, httpx.Response]  # method, path, reply
 
 
@@ -195,4 +198,29 @@ def test_every_error_code_sent_is_listed_under_its_status(
                     code = example["value"]["error"]["code"]
                     if (code, int(status)) not in statuses:
                         problems.append(f"{method} {path} {status}: {code} comes with another status")
+    assert not problems, "\n".join(problems)
+
+
+def test_every_header_an_error_sends_is_declared(
+    server: LiveServer, ready_replies: list[Seen], unready_replies: list[Seen]
+) -> None:
+    """``Retry-After`` on 503 not_ready (and overloaded, shutting_down; not load_failed) and
+    ``WWW-Authenticate`` on 401 are declared on the response that carries them; one declared
+    ``required`` is on every such reply."""
+    schema = _schema(server.url)
+    problems = []
+    checked = set()
+    for method, path, reply in ready_replies + unready_replies:
+        if reply.status_code == 200:
+            continue
+        response = _declared(schema, method, path, reply.status_code)
+        declared = {name.lower(): h for name, h in response.get("headers", {}).items()}
+        for name in ERROR_HEADERS & set(reply.headers):
+            checked.add((reply.status_code, name))
+            if name not in declared:
+                problems.append(f"{method} {path} {reply.status_code}: {name} sent, not declared")
+        for name, header in declared.items():
+            if header.get("required") and name not in reply.headers:
+                problems.append(f"{method} {path} {reply.status_code}: {name} required, not sent")
+    assert checked >= {(401, "www-authenticate"), (503, "retry-after")}, checked
     assert not problems, "\n".join(problems)

@@ -8,7 +8,7 @@ from the app. The key's security schemes (Authorize button) are declared by
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI
@@ -57,6 +57,14 @@ EXAMPLE_MESSAGES: dict[str, str] = {
     "overloaded": BUSY,
     "shutting_down": SHUTTING_DOWN,
 }
+#: What each header of :data:`server.errors.ERRORS` tells the client (a header added there needs
+#: a line here).
+HEADER_MEANINGS = {
+    "Retry-After": "seconds to wait before trying again",
+    "WWW-Authenticate": "the scheme to send the key with",
+}
+#: ``Connection: close`` (408, 431, 500) is for the HTTP library, which handles it, not the API's.
+TRANSPORT_HEADERS = frozenset({"Connection"})
 
 
 def _specs(code: str) -> list[ErrorSpec]:
@@ -66,11 +74,33 @@ def _specs(code: str) -> list[ErrorSpec]:
     return specs
 
 
+def _headers(codes: Sequence[str]) -> dict[str, Any]:
+    """The headers the rows of ``codes`` add, each ``required`` when every one of them adds it."""
+    sent: dict[str, dict[str, str]] = {}  # header -> code -> value
+    for code in codes:
+        for spec in _specs(code):
+            for name, value in spec.headers.items():
+                if name not in TRANSPORT_HEADERS:
+                    sent.setdefault(name, {})[code] = value
+    headers = {}
+    for name, values in sent.items():
+        told = ", ".join(f"`{value}` with `{code}`" for code, value in values.items())
+        missing = ", ".join(f"`{code}`" for code in codes if code not in values)
+        integer = all(value.isdigit() for value in values.values())
+        headers[name] = {
+            "description": f"{HEADER_MEANINGS[name]}: {told}"
+            + (f"; not sent with {missing}" if missing else ""),
+            "required": not missing,
+            "schema": {"type": "integer", "minimum": 0} if integer else {"type": "string"},
+        }
+    return headers
+
+
 def error_responses(when: Mapping[str, str]) -> dict[int | str, dict[str, Any]]:
     """OpenAPI response entries for the error codes in ``when`` (code -> when it is sent), one per
     status (the status of the code's row in :data:`server.errors.ERRORS`): an ``ErrorBody`` whose
-    description and examples name every code the status comes with, so a client generated from the
-    document alone knows them all."""
+    description and examples name every code the status comes with, and the headers the codes add,
+    so a client generated from the document alone knows them all."""
     by_status: dict[int, list[str]] = {}
     for code in when:
         statuses = {spec.status for spec in _specs(code)}
@@ -85,6 +115,8 @@ def error_responses(when: Mapping[str, str]) -> dict[int | str, dict[str, Any]]:
             "description": "\n".join(f"- `{code}`: {when[code]}" for code in codes),
             "content": {"application/json": {"examples": examples}},
         }
+        if headers := _headers(codes):
+            entries[status]["headers"] = headers
     return entries
 
 
@@ -96,7 +128,8 @@ ANY_REQUEST = error_responses(
         "headers_too_large": "request line and headers over 64 KiB",
     }
 )
-#: The Host guard (server/api/guards.py) answers every route but the probes.
+#: When the Host guard (server/api/guards.py; every route but the probes) and the key check answer,
+#: in the words of every route's 400 ``invalid_host`` and 401 ``unauthorized``.
 INVALID_HOST = "EMOTION_ALLOWED_HOSTS is set and the Host header names another host"
 UNAUTHORIZED = "missing or invalid API key"
 
