@@ -120,9 +120,16 @@ class Settings(BaseSettings):
     )
     flip_tta: bool | Literal["auto"] = Field(
         default="auto",
-        description="Average each face's probabilities with its mirror image's (2x classify): +0.7 points "
-        "on FER2013 PrivateTest, +0.3 to +0.9 on held-out real photos. auto: on a GPU, where the second "
-        "pass is nearly free; off on a CPU, where it adds ~1.5 ms per face (int8) to a ~15 ms request.",
+        description="Average each face's probabilities with its mirror image's (2x classify): +0.3 points "
+        "on FER2013 PrivateTest, none on held-out real photos (bundled model). auto: on a GPU, where the "
+        "second pass is nearly free; off on a CPU, where it adds ~1.5 ms per face (int8) to a ~15 ms "
+        "request.",
+    )
+    prior_shift: bool = Field(
+        default=True,
+        description="Apply the checkpoint's prior shift to the scores (the bundled model's moves them toward "
+        "real photos' class frequencies: +1.5 points on held-out real photos, -0.1 on FER2013 PrivateTest; "
+        "docs/model-card.md 'What a score means'); false: the network's own scores.",
     )
     warmup: bool = True
     cache_dir: Path = Field(

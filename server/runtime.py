@@ -239,6 +239,7 @@ class Runtime:
             "device": self.device,
             "backend": self.backend,
             "flip_tta": s.flip_tta_on(self.device),
+            "prior_shift": m.prior_shift if s.prior_shift else {},
             "limits": s.limits(),
             "auth": s.auth_enabled,
         }

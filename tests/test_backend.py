@@ -197,6 +197,17 @@ def test_flip_tta_averages_the_mirror_image(astronaut: np.ndarray) -> None:
     assert not torch.allclose(plain.predict(x), expected, atol=1e-4)  # the flip does change the answer
 
 
+def test_prior_shift_reweights_the_scores_after_flip_tta(astronaut: np.ndarray) -> None:
+    img = chw(astronaut)
+    box = torch.tensor([[170.0, 20.0, 290.0, 200.0], [150.0, 30.0, 300.0, 210.0], [0.0, 0.0, 120.0, 120.0]])
+    for tta in (False, True):
+        shifted, raw = EmotionClassifier(flip_tta=tta), EmotionClassifier(flip_tta=tta, prior_shift=False)
+        assert shifted.meta.prior_shift and shifted.prior_shift and not raw.prior_shift  # bundled: has one
+        x = crop_faces([img], [box], raw.meta.crop, raw.input_size)
+        torch.testing.assert_close(shifted.predict(x), shifted.meta.shifted(raw.predict(x)))
+        assert not torch.allclose(shifted.predict(x), raw.predict(x), atol=1e-3)
+
+
 @pytest.mark.parametrize("backend", ["torch", "auto"])
 def test_pipeline_with_flip_tta(backend: str, astronaut: np.ndarray, tiny_checkpoint: Path) -> None:
     """The server's pipeline builder honours the backend and flip TTA settings end to end."""

@@ -110,3 +110,23 @@ def test_resnet18_is_torchvisions(stem: str) -> None:
     theirs.load_state_dict(ours.state_dict())
     x = torch.randn(2, 1, 48, 48)
     assert torch.equal(theirs.eval()(x), ours.eval()(x))
+
+
+def test_prior_shift_is_logits_plus_shift_and_round_trips(tmp_path: Path) -> None:
+    classes = ["happy", "neutral", "surprise"]
+    meta = CheckpointMeta(classes=classes, prior_shift={"happy": 0.5, "surprise": -1.0})
+    logits = torch.tensor([[1.0, 0.0, 2.0], [-1.0, 3.0, 0.5]])
+    expected = (logits + torch.tensor([0.5, 0.0, -1.0])).softmax(1)  # a class it does not name: 0
+    torch.testing.assert_close(meta.shifted(logits.softmax(1)), expected)
+    assert CheckpointMeta(classes=classes).shifted(logits) is logits  # none: untouched
+    path = save_checkpoint(tmp_path / "m.safetensors", build_resnet18(3, 1, "s2"), meta)
+    assert read_meta(path).prior_shift == {"happy": 0.5, "surprise": -1.0}
+
+
+@pytest.mark.parametrize(
+    "shift", [{"joy": 0.1}, {"happy": float("nan")}, {"happy": float("inf")}, {"neutral": -50.0}]
+)
+def test_a_bad_prior_shift_is_refused(tmp_path: Path, shift: dict[str, float]) -> None:
+    meta = CheckpointMeta(classes=["happy", "neutral"], prior_shift=shift)
+    with pytest.raises(CheckpointError, match="prior_shift"):
+        save_checkpoint(tmp_path / "m.safetensors", build_resnet18(2, 1, "s2"), meta)

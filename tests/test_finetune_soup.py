@@ -65,6 +65,7 @@ def test_four_fine_tunes_averaged_and_scored(tmp_path: Path) -> None:
     metrics = json.loads((out / "eval-public" / "metrics.json").read_text())
     assert metrics["n"] == 4 * len(EMOTIONS)
     assert read_meta(out / "soup.safetensors").metrics["validation"]["val_acc"] == metrics["accuracy"]
+    assert list(meta.prior_shift) == list(EMOTIONS) and meta.metrics["prior_shift"]["faces"]["n"] == 28
     # a second call finds every fine-tune done and only averages and scores again
     again = script()
     assert again.returncode == 0 and "s8k-seed0:" not in again.stdout, again.stdout + again.stderr

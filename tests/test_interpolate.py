@@ -91,9 +91,10 @@ def test_a_soup_does_not_claim_its_last_ingredients_validation_score(tmp_path: P
     for i, p in enumerate(paths):  # each ingredient with its own validation score
         model, meta = load_checkpoint(p)
         meta.metrics["validation"] = {"val_acc": 0.5 + i / 10, "epoch": i + 1}
+        meta.prior_shift = {meta.classes[0]: -0.5 - i}  # measured on its own scores (training.prior_shift)
         save_checkpoint(p, model, meta, dtype=torch.float32)
     _, meta = load_checkpoint(interpolate(*paths, 0.5, tmp_path / "mix.safetensors"))
-    assert "validation" not in meta.metrics and "test" not in meta.metrics
+    assert "validation" not in meta.metrics and "test" not in meta.metrics and not meta.prior_shift
     assert [s["validation"]["val_acc"] for s in meta.train_config["averaged"]] == [0.5, 0.6]
 
 

@@ -63,6 +63,7 @@ def test_health_ready_info(srv: LiveServer) -> None:
     assert info["detector"]["kind"] == "distilled" and info["device"] == "cpu"
     assert info["detector"]["input_size"] == "300x300 (SSD 96x96 per doubtful face)"
     assert info["backend"] in ("torch", "openvino") and info["flip_tta"] is False
+    assert info["prior_shift"] == {}  # the test checkpoint has none
     # What the networks compute in: on the CPU with OpenVINO the face detector's shipped int8 build.
     cpu_int8 = info["backend"] == "openvino" and os.environ.get("EMOTION_CPU_PRECISION", "auto") == "auto"
     assert info["detector"]["precision"] in (("int8",) if cpu_int8 else ("bf16", "f32", "float32"))

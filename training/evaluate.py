@@ -174,9 +174,11 @@ def score_split(
     tta: str = "none",
     device: str = "auto",
     batch_size: int = 512,
+    prior_shift: bool = True,
 ) -> SplitScores:
     """Score every face of ``split`` with the checkpoint's torch model (faces of classes it lacks are
-    skipped and counted)."""
+    skipped and counted), its prior shift applied as the server applies it unless ``prior_shift`` is
+    false."""
     dev = torch.device(resolve_device(device))
     model, meta = load_checkpoint(checkpoint, dev)
     model = model.to(memory_format=torch.channels_last)
@@ -189,6 +191,8 @@ def score_split(
     images = sub.images[keep]
     y = np.array([meta.classes.index(EMOTIONS[i]) for i in sub.labels[keep]], dtype=np.int64)
     proba = predict_proba(model, images, meta.mean, meta.std, device=dev, batch_size=batch_size, tta=tta)
+    if prior_shift:
+        proba = meta.shifted(torch.from_numpy(proba)).numpy()
     return SplitScores(split, y, proba, meta.classes, skipped, ds.fingerprint())
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Model II-e's recipe on any start (docs/model-card.md, "Recipe (as run)"): four short fine-tunes of
 # INIT on FER2013 plus real-photo crops, two recipes x two seeds, averaged weight by weight into one
-# checkpoint (a model soup), then scored on PublicTest. Why: a fine-tune on the crops fixes the
+# checkpoint (a model soup), its scores shifted toward the crops' class frequencies
+# (training.prior_shift), then scored on PublicTest. Why: a fine-tune on the crops fixes the
 # classifier on real photos but costs FER2013; the soup keeps the first and wins back part of the second.
 #
 #   training/finetune_soup.sh INIT CROPS OUT [DATA]
@@ -42,6 +43,10 @@ finetune full-r3-seed0 0 2 3 0
 finetune full-r3-seed1 1 2 3 0
 "$BIN/python" -m training.interpolate "$OUT"/{s8k-seed0,s8k-seed1,full-r3-seed0,full-r3-seed1}/best.safetensors \
   --out "$OUT/soup.safetensors"
+# its prior shift toward the crops' class frequencies (alpha chosen on PublicTest)
+"$BIN/python" -m training.prior_shift --crops "$CROPS" --data "$DATA" --checkpoint "$OUT/soup.safetensors" \
+  --out "$OUT/soup.safetensors" >"$OUT/prior-shift.log" 2>&1 \
+  || { echo "prior shift failed; the end of $OUT/prior-shift.log:" >&2; tail -n 3 "$OUT/prior-shift.log" >&2; exit 1; }
 # the soup's own PublicTest, recorded in its header as its validation block (/v1/info shows it)
 "$BIN/emotion-eval" --data "$DATA" --split public --tta none --checkpoint "$OUT/soup.safetensors" \
   --out "$OUT/eval-public" --no-progress --bundle "$OUT/soup.safetensors"

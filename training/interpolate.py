@@ -64,6 +64,7 @@ def soup(paths: Sequence[str | Path], weights: Sequence[float], out: str | Path)
         "last_train_config": last.train_config,
     }
     meta.metrics = {}  # the last checkpoint's validation and test scores are not the average's
+    meta.prior_shift = {}  # nor is its prior shift (measured on its own scores)
     meta.data_fingerprint = soup_fingerprint([m.data_fingerprint for _, m in loaded])
     return save_checkpoint(out, model, meta)
 

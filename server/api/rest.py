@@ -133,6 +133,10 @@ class InfoResponse(_InfoReply):
     device: str
     backend: str = Field(description="Model runtime: torch or openvino (CPU).")
     flip_tta: bool = Field(description="Whether each face is also classified mirrored and averaged.")
+    prior_shift: dict[str, float] = Field(
+        description="Per-class log multipliers applied to every face's scores (the checkpoint's prior shift; "
+        "{} when it has none or EMOTION_PRIOR_SHIFT=false)."
+    )
     limits: dict[str, float | int]
     auth: bool
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,11 @@ class CheckpointMeta(BaseModel):
     train_config: dict[str, Any] = Field(default_factory=dict)
     data_fingerprint: str = ""
     metrics: dict[str, Any] = Field(default_factory=dict)
+    prior_shift: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-class log multipliers for the scores where the model is used (label shift: "
+        "scores x exp(shift), renormalised; python -m training.prior_shift). Empty: the model's own.",
+    )
 
     def check(self) -> None:
         if self.format != FORMAT:
@@ -74,6 +80,21 @@ class CheckpointMeta(BaseModel):
         unknown = [c for c in self.classes if c not in EMOTIONS]
         if unknown or not self.classes or len(set(self.classes)) != len(self.classes):
             raise CheckpointError(f"bad class list {self.classes}: must be distinct names from {EMOTIONS}")
+        shift = self.prior_shift
+        if set(shift) - set(self.classes) or not all(abs(v) <= 20 for v in shift.values()):  # NaN fails too
+            raise CheckpointError(f"bad prior_shift {shift}: finite log multipliers of the model's classes")
+
+    def shifted(self, proba: torch.Tensor) -> torch.Tensor:
+        """(N, C) scores in ``classes`` order with the prior shift applied (the same without one).
+
+        The correction for a change of class frequencies (Saerens et al. 2002): each score times its
+        class's multiplier, renormalised, i.e. the logits plus the shift before the softmax.
+        """
+        if not self.prior_shift:
+            return proba
+        factors = [math.exp(self.prior_shift.get(c, 0.0)) for c in self.classes]
+        p = proba * torch.tensor(factors, dtype=proba.dtype, device=proba.device)
+        return p / p.sum(1, keepdim=True)
 
 
 def build_model(meta: CheckpointMeta) -> nn.Module:

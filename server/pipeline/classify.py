@@ -26,7 +26,9 @@ class EmotionClassifier:
     ``emotion-eval --tta flip`` does. ``cache_dir`` keeps the OpenVINO build of the model
     (:func:`~server.pipeline.backend.compile_module`). With OpenVINO and ``precision="auto"``, the
     checkpoint's int8 build runs where one sits beside it
-    (:func:`~server.model.checkpoint.int8_build`) and was made from these weights.
+    (:func:`~server.model.checkpoint.int8_build`) and was made from these weights. With
+    ``prior_shift`` the checkpoint's prior shift, if it has one, is applied to the scores
+    (:meth:`~server.model.checkpoint.CheckpointMeta.shifted`).
     """
 
     def __init__(
@@ -38,12 +40,14 @@ class EmotionClassifier:
         precision: Precision = "auto",
         flip_tta: bool = False,
         cache_dir: str | Path | None = None,
+        prior_shift: bool = True,
     ) -> None:
         self.device = torch.device(device)
         self.model, self.meta = load_checkpoint(checkpoint, self.device)
         self.model = self.model.to(memory_format=torch.channels_last)
         self.version = f"{self.meta.version}-{file_digest(checkpoint)}"
         self.flip_tta = flip_tta
+        self.prior_shift = prior_shift and bool(self.meta.prior_shift)
         self.half = self.device.type == "cuda"
         if self.half:
             self.model = self.model.half()
@@ -76,6 +80,8 @@ class EmotionClassifier:
         p: torch.Tensor = self.model(x).float().softmax(1)
         if self.flip_tta:
             p = (p[:n] + p[n:]) / 2
+        if self.prior_shift:
+            p = self.meta.shifted(p)
         return p.cpu()
 
 

@@ -222,6 +222,7 @@ def build_pipeline(settings: Settings, device: str) -> Pipeline:
         precision=settings.cpu_precision,
         flip_tta=settings.flip_tta_on(device),
         cache_dir=settings.cache_dir,
+        prior_shift=settings.prior_shift,
     )
     kind = resolve_detector(settings.detector, backend)
     options = settings.detector_options()
