@@ -54,10 +54,28 @@ def test_bundled_validation_block_is_the_bundled_weights_own(fer2013_path: Path)
 
 @pytest.mark.slow
 @pytest.mark.dataset
+def test_bundled_prior_shift_cost_what_its_record_says_on_public_test(fer2013_path: Path) -> None:
+    """training.prior_shift chose its alpha on PublicTest: the record's two accuracies reproduce."""
+    from training.evaluate import score_split
+
+    meta = read_meta(DEFAULT_CHECKPOINT)
+    record = meta.metrics["prior_shift"]
+    assert meta.prior_shift and 0 < record["alpha"] <= 1
+    raw = score_split(fer2013_path, DEFAULT_CHECKPOINT, "public", device="cpu", prior_shift=False)
+    served = score_split(fer2013_path, DEFAULT_CHECKPOINT, "public", device="cpu")
+    assert float((raw.proba.argmax(1) == raw.y).mean()) == pytest.approx(record["public_accuracy"]["alpha_0"])
+    assert float((served.proba.argmax(1) == served.y).mean()) == pytest.approx(
+        record["public_accuracy"]["chosen"], abs=1e-3
+    )
+    assert record["public_accuracy"]["chosen"] >= record["public_accuracy"]["alpha_0"] - 0.002
+
+
+@pytest.mark.slow
+@pytest.mark.dataset
 def test_bundled_checkpoint_on_real_photos_of_held_out_people(realfaces_path: Path, tmp_path: Path) -> None:
     """The whole pipeline (decode, detect, crop, classify), as the server answers, on 200 photos of
     people whose crops were never trained on (``training.photo_crops``' split). The card states
-    82.93% on all 1,230 of them (default detector); always answering "neutral" scores the neutral
+    84.47% on all 1,230 of them (default detector); always answering "neutral" scores the neutral
     share (~47%)."""
     link_heldout(realfaces_path, tmp_path)  # what `python -m training.photo_crops --heldout-only` writes
     m = evaluate_photos(tmp_path / "heldout", DEFAULT_CHECKPOINT, limit=200, seed=0, progress=False)
