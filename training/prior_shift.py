@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from server.model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, save_checkpoint
+from server.model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, save_checkpoint, shift_scores
 from training.evaluate import score_split
 
 #: alphas tried, from none to the full correction.
@@ -45,8 +46,8 @@ def log_ratio(y: np.ndarray, proba: np.ndarray, eps: float = EPS) -> np.ndarray:
 
 
 def shifted(proba: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    p = proba * np.exp(shift)
-    return p / p.sum(1, keepdims=True)
+    """:func:`~server.model.checkpoint.shift_scores` on numpy arrays."""
+    return shift_scores(torch.from_numpy(proba), torch.from_numpy(np.asarray(shift))).numpy()
 
 
 def choose_alpha(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -92,9 +91,14 @@ class CheckpointMeta(BaseModel):
         """
         if not self.prior_shift:
             return proba
-        factors = [math.exp(self.prior_shift.get(c, 0.0)) for c in self.classes]
-        p = proba * torch.tensor(factors, dtype=proba.dtype, device=proba.device)
-        return p / p.sum(1, keepdim=True)
+        shift = [self.prior_shift.get(c, 0.0) for c in self.classes]
+        return shift_scores(proba, torch.tensor(shift, dtype=proba.dtype, device=proba.device))
+
+
+def shift_scores(proba: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """(N, C) scores times ``exp(shift)`` per class, renormalised: the logits plus ``shift``."""
+    p = proba * shift.exp()
+    return p / p.sum(1, keepdim=True)
 
 
 def build_model(meta: CheckpointMeta) -> nn.Module:
