@@ -208,6 +208,14 @@ def test_prior_shift_reweights_the_scores_after_flip_tta(astronaut: np.ndarray) 
         assert not torch.allclose(shifted.predict(x), raw.predict(x), atol=1e-3)
 
 
+def test_prior_shift_setting_reaches_the_classifier() -> None:
+    from server.config import Settings
+    from server.pipeline.runner import build_pipeline
+
+    for on in (True, False):  # the bundled checkpoint has a shift; EMOTION_PRIOR_SHIFT=false turns it off
+        assert build_pipeline(Settings(prior_shift=on, backend="torch"), "cpu").classifier.prior_shift is on
+
+
 @pytest.mark.parametrize("backend", ["torch", "auto"])
 def test_pipeline_with_flip_tta(backend: str, astronaut: np.ndarray, tiny_checkpoint: Path) -> None:
     """The server's pipeline builder honours the backend and flip TTA settings end to end."""
