@@ -63,10 +63,12 @@ def test_bundled_prior_shift_cost_what_its_record_says_on_public_test(fer2013_pa
     assert meta.prior_shift and 0 < record["alpha"] <= 1
     raw = score_split(fer2013_path, DEFAULT_CHECKPOINT, "public", device="cpu", prior_shift=False)
     served = score_split(fer2013_path, DEFAULT_CHECKPOINT, "public", device="cpu")
-    assert float((raw.proba.argmax(1) == raw.y).mean()) == pytest.approx(record["public_accuracy"]["alpha_0"])
-    assert float((served.proba.argmax(1) == served.y).mean()) == pytest.approx(
-        record["public_accuracy"]["chosen"], abs=1e-3
-    )
+    # within 3 of 3,589 faces: another CPU's kernels may tip a near-tie
+    accuracy = {"alpha_0": raw, "chosen": served}
+    for key, scores in accuracy.items():
+        assert float((scores.proba.argmax(1) == scores.y).mean()) == pytest.approx(
+            record["public_accuracy"][key], abs=1e-3
+        )
     assert record["public_accuracy"]["chosen"] >= record["public_accuracy"]["alpha_0"] - 0.002
 
 
