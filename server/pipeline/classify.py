@@ -12,6 +12,7 @@ from server.model.checkpoint import (
     file_digest,
     int8_build,
     load_checkpoint,
+    shift_scores,
 )
 from server.pipeline.backend import Precision, compile_module
 from server.pipeline.preprocess import normalize
@@ -48,6 +49,8 @@ class EmotionClassifier:
         self.version = f"{self.meta.version}-{file_digest(checkpoint)}"
         self.flip_tta = flip_tta
         self.prior_shift = prior_shift and bool(self.meta.prior_shift)
+        # made once: building it per call (CheckpointMeta.shifted) costs ~20 us of a ~2 ms face
+        self._shift = torch.tensor([self.meta.prior_shift.get(c, 0.0) for c in self.meta.classes])
         self.half = self.device.type == "cuda"
         if self.half:
             self.model = self.model.half()
@@ -80,9 +83,8 @@ class EmotionClassifier:
         p: torch.Tensor = self.model(x).float().softmax(1)
         if self.flip_tta:
             p = (p[:n] + p[n:]) / 2
-        if self.prior_shift:
-            p = self.meta.shifted(p)
-        return p.cpu()
+        p = p.cpu()
+        return shift_scores(p, self._shift) if self.prior_shift else p
 
 
 __all__ = ["CheckpointMeta", "EmotionClassifier"]
