@@ -71,6 +71,8 @@ def ready_replies(server: LiveServer, astronaut_jpeg: bytes) -> list[Seen]:
         ("get", "/v1/info", httpx.get(url + "/v1/info", headers=key)),
         ("get", "/v1/info", httpx.get(url + "/v1/info")),
         ("get", "/metrics", httpx.get(url + "/metrics")),
+        ("get", "/healthz", httpx.get(url + "/healthz")),
+        ("get", "/readyz", httpx.get(url + "/readyz")),
     ]
 
 
@@ -139,13 +141,17 @@ def test_every_field_a_reply_sends_is_declared_and_required(
     be in ``required``, and a declared field must be one the server sends."""
     schema = _schema(server.url)
     successes = [(m, p, r) for m, p, r in ready_replies if r.status_code == 200]
-    assert {p for _, p, _ in successes} == {"/v1/predict", "/v1/info"}
+    assert {p for _, p, _ in successes} == {"/v1/predict", "/v1/info", "/healthz", "/readyz"}
     body = successes[0][2].json()
     assert body["faces"] and body["faces"][0]["track_id"] is None and set(body["timing_ms"]) >= {"total"}
     problems = []
     for method, path, reply in successes:
         declared = schema["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
         problems += _compare(schema, declared, reply.json(), f"{method} {path}")
+        if path in ("/healthz", "/readyz"):  # a probe may match on the word: the schema names it
+            status = _resolve(schema, declared)["properties"]["status"]
+            if [reply.json()["status"]] not in ([status.get("const")], status.get("enum")):
+                problems.append(f"{method} {path}: status {reply.json()['status']!r}, declared {status}")
     assert not problems, "\n".join(problems)
 
 

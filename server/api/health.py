@@ -6,9 +6,10 @@ orchestrators can probe without secrets; ``/metrics`` needs the key then.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Response
+from pydantic import BaseModel
 
 from server.api.docs import INVALID_HOST, UNAUTHORIZED, error_responses
 from server.deps import ApiKey, RuntimeDep, require_ready
@@ -25,6 +26,20 @@ READYZ_RESPONSES = error_responses(
         "load_failed": LOAD_FAILED,
     }
 )
+
+
+class Alive(BaseModel):
+    """``/healthz``'s 200 body, declared exactly (a probe may match on it)."""
+
+    status: Literal["ok"]
+
+
+class Ready(BaseModel):
+    """``/readyz``'s 200 body."""
+
+    status: Literal["ready"]
+
+
 METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}}},
     **error_responses({"invalid_host": INVALID_HOST, "unauthorized": UNAUTHORIZED}),
@@ -36,18 +51,18 @@ METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
     responses=HEALTHZ_RESPONSES,
     summary="The process is alive (and its model did not fail to load)",
 )
-async def healthz(runtime: RuntimeDep) -> dict[str, str]:
+async def healthz(runtime: RuntimeDep) -> Alive:
     if runtime.load_error:
         raise LoadFailed()
-    return {"status": "ok"}
+    return Alive(status="ok")
 
 
 @router.get(
     "/readyz", responses=READYZ_RESPONSES, summary="The model is loaded and warmed up; 503 until then"
 )
-async def readyz(runtime: RuntimeDep) -> dict[str, str]:
+async def readyz(runtime: RuntimeDep) -> Ready:
     require_ready(runtime)
-    return {"status": "ready"}
+    return Ready(status="ready")
 
 
 @router.get(
