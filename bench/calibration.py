@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from scipy.optimize import minimize_scalar  # noqa: E402
 
-from server.model.checkpoint import DEFAULT_CHECKPOINT, read_meta  # noqa: E402
+from server.model.checkpoint import DEFAULT_CHECKPOINT, read_meta, shift_scores  # noqa: E402
 from training.evaluate import score_split  # noqa: E402
 from training.evaluate_photos import evaluate_photos  # noqa: E402
 from training.photo_crops import person_of  # noqa: E402
@@ -96,8 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     firsts = [p for p in photos["photos"] if p["faces"]]
     served = np.array([p["scores"] for p in firsts], dtype=np.float64)
     # the network's own scores: the server's with the shift taken off again
-    unshift = {c: -v for c, v in meta.prior_shift.items()}
-    ph_p = meta.model_copy(update={"prior_shift": unshift}).shifted(torch.from_numpy(served)).numpy()
+    ph_p = shift_scores(torch.from_numpy(served), -meta.shift_vector().double()).numpy()
     ph_y = np.array([classes.index(p["label"]) for p in firsts])
     folds = np.array([fold_of(person_of(Path(p["path"]))) for p in firsts])
 

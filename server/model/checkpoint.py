@@ -91,8 +91,11 @@ class CheckpointMeta(BaseModel):
         """
         if not self.prior_shift:
             return proba
-        shift = [self.prior_shift.get(c, 0.0) for c in self.classes]
-        return shift_scores(proba, torch.tensor(shift, dtype=proba.dtype, device=proba.device))
+        return shift_scores(proba, self.shift_vector().to(proba.device, proba.dtype))
+
+    def shift_vector(self) -> torch.Tensor:
+        """The prior shift in ``classes`` order, 0 for a class it does not name (all 0 without one)."""
+        return torch.tensor([self.prior_shift.get(c, 0.0) for c in self.classes])
 
 
 def shift_scores(proba: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
